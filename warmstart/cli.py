@@ -1,0 +1,97 @@
+"""`warmstart`: the command line humans and dvc.yaml use. One sub-command per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from importlib import import_module
+
+from warmstart.errors import WarmstartError
+from warmstart.params import DEFAULT_PARAMS_FILE, Params, load_params
+
+logger = logging.getLogger("warmstart")
+
+#: stage name -> (module, function, help). Modules are imported lazily (TF/TFDV import slowly).
+STAGES: dict[str, tuple[str, str, str]] = {
+    "ingest": ("warmstart.stages.ingest", "run_ingest",
+               "bring data.source (URL, .zip or folder) into paths.raw"),
+    "validate": ("warmstart.stages.validate", "run_validate",
+                 "TFDV statistics + schema check of the images; fails on anomalies"),
+    "preprocess": ("warmstart.stages.preprocess", "run_preprocess",
+                   "decode + resize validated images into TFRecord shards"),
+    "features": ("warmstart.stages.features", "run_features",
+                 "run the frozen base once: cached pooled features"),
+    "transfer": ("warmstart.stages.transfer", "run_transfer",
+                 "train the head on the frozen base (transfer learning)"),
+    "finetune": ("warmstart.stages.finetune", "run_finetune",
+                 "unfreeze the base from finetune.fine_tune_at and train more"),
+    "evaluate": ("warmstart.stages.evaluate", "run_evaluate",
+                 "metrics and plots of both models on the validation split"),
+}
+
+
+def stage_function(name: str) -> Callable[[Params], object]:
+    module, function, _ = STAGES[name]
+    return getattr(import_module(module), function)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="warmstart", description="Transfer learning then fine-tuning as a reproducible "
+        "pipeline. `dvc repro` runs the stages below in order; each can also run alone.")
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file "
+                        "(default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, _, help_text) in STAGES.items():
+        commands.add_parser(name, help=f"stage: {help_text}")
+    schema = commands.add_parser("schema", help="propose a TFDV schema from the training split "
+                                 "and show its diff against the committed one")
+    schema.add_argument("--write", action="store_true", help="write the proposal to "
+                        "paths.schema (review and commit it)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        params = load_params(args.params)
+        if args.command == "schema":
+            return run_schema(params, args.write)
+        stage_function(args.command)(params)
+    except WarmstartError as exc:
+        logger.error("%s failed:\n%s", args.command, exc)
+        return 1
+    return 0
+
+
+def run_schema(params: Params, write: bool) -> int:
+    from warmstart.stages.validate import propose_schema, schema_diff, write_schema
+
+    target = params.path("schema")
+    proposal = propose_schema(params)
+    diff = schema_diff(target, proposal)
+    sys.stdout.write(diff or f"The proposal equals {target}.\n")
+    if write and diff:
+        write_schema(target, proposal)
+        logger.info("Wrote %s: review it, curate it if needed, and commit it.", target)
+    return 0
+
+
+def configure_logging(verbose: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="google")
+    # Keras 3.3 warns at the end of every finite tf.data epoch; the datasets are finite on purpose.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Stage `preprocess`: decode + resize every validated image once into TFRecord shards.
+
+Output (``paths.processed``): ``<split>-NNNNN-of-MMMMM.tfrecord`` shards of raw uint8 pixels
+(``image_size`` squared, RGB), the label index and the source path, plus ``manifest.json`` with
+the class names, image size and per-split counts. Training reads these without any per-image
+Python work. Images are kept in the table's (sorted) order; shuffling happens at training time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import tensorflow as tf
+from tqdm import tqdm
+
+from warmstart.atomic import atomic_dir, write_json
+from warmstart.dataset import MANIFEST_FILE, serialize_example, shard_name
+from warmstart.imaging import load_image
+from warmstart.params import Params
+from warmstart.stages.validate import read_validated
+
+logger = logging.getLogger(__name__)
+
+
+def run_preprocess(params: Params) -> Path:
+    """Write the shards and manifest for the train and validation splits."""
+    table, classes = read_validated(params.path("validated"))
+    raw = params.path("raw")
+    size = params.preprocess.image_size
+    splits = {}
+    with atomic_dir(params.path("processed")) as staging:
+        for split in (params.data.train_split, params.data.validation_split):
+            rows = table[table["split"] == split]
+            paths = [str(raw / p) for p in rows["path"]]
+            labels = [classes.index(label) for label in rows["label"]]
+            shards = write_shards(staging, split, paths, labels, size, params.preprocess.shard_size)
+            splits[split] = {"count": len(paths), "shards": shards}
+        write_json(staging / MANIFEST_FILE, {"classes": classes, "image_size": size,
+                                             "splits": splits})
+    return params.path("processed")
+
+
+def write_shards(folder: Path, split: str, paths: list[str], labels: list[int], size: int,
+                 shard_size: int) -> list[str]:
+    """Decode in parallel with tf.data (order preserved) and write fixed-size shards."""
+    count = -(-len(paths) // shard_size)
+    names = [shard_name(split, i, count) for i in range(count)]
+    images = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda p: load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    writer = None
+    progress = tqdm(zip(images, paths, labels, strict=True), total=len(paths),
+                    desc=f"preprocess {split}", unit="img")
+    for index, (image, path, label) in enumerate(progress):
+        if index % shard_size == 0:
+            if writer:
+                writer.close()
+            writer = tf.io.TFRecordWriter(str(folder / names[index // shard_size]))
+        writer.write(serialize_example(image.numpy(), label, path))
+    if writer:
+        writer.close()
+    logger.info("%s: %d images -> %d shard(s) of %dx%d pixels", split, len(paths), count,
+                size, size)
+    return names
