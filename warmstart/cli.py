@@ -62,24 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         if args.command == "schema":
-            return run_schema(params, args.write)
+            validate = import_module("warmstart.stages.validate")
+            return validate.run_schema(params, write=args.write)
         stage_function(args.command)(params)
     except WarmstartError as exc:
         logger.error("%s failed:\n%s", args.command, exc)
         return 1
-    return 0
-
-
-def run_schema(params: Params, write: bool) -> int:
-    from warmstart.stages.validate import propose_schema, schema_diff, write_schema
-
-    target = params.path("schema")
-    proposal = propose_schema(params)
-    diff = schema_diff(target, proposal)
-    sys.stdout.write(diff or f"The proposal equals {target}.\n")
-    if write and diff:
-        write_schema(target, proposal)
-        logger.info("Wrote %s: review it, curate it if needed, and commit it.", target)
     return 0
 
 

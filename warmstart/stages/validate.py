@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +216,18 @@ def propose_schema(params: Params) -> schema_pb2.Schema:
     for domain in unused:
         schema.string_domain.remove(domain)
     return schema
+
+
+def run_schema(params: Params, write: bool) -> int:
+    """`warmstart schema`: print the proposal's diff against the committed schema; maybe write."""
+    target = params.path("schema")
+    proposal = propose_schema(params)
+    diff = schema_diff(target, proposal)
+    sys.stdout.write(diff or f"The proposal equals {target}.\n")
+    if write and diff:
+        write_schema(target, proposal)
+        logger.info("Wrote %s: review it, curate it if needed, and commit it.", target)
+    return 0
 
 
 def schema_diff(current: Path, proposal: schema_pb2.Schema) -> str:

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny synthetic image datasets and shrunken params, all under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_ZIP = SHARED / "datasets" / "cats_and_dogs_filtered.zip"
+SHARED_WEIGHTS_035 = SHARED / "weights" / "mobilenet_v2_0.35_224_no_top.h5"
+SHARED_WEIGHTS_100 = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.h5"
+
+needs_shared = pytest.mark.skipif(
+    not SHARED_ZIP.is_file() or not SHARED_WEIGHTS_035.is_file(),
+    reason=f"real data and weights not found in {SHARED} (see README: ../shared beside the "
+    "checkout holds the tutorial dataset and ImageNet weights)")
+
+#: A distinct mean colour per class, so even a random-weights base separates them.
+CLASS_COLOURS = {"cats": (200, 60, 60), "dogs": (60, 60, 200), "birds": (60, 200, 60)}
+
+
+def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int], seed: int,
+                fmt: str = "JPEG") -> Path:
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-40, 40, size=(size[1], size[0], 3))
+    pixels = np.clip(np.array(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").save(path, fmt)
+    return path
+
+
+def make_dataset(root: Path, classes: tuple[str, ...] = ("cats", "dogs"),
+                 per_class: dict[str, int] | None = None) -> Path:
+    """``root/<split>/<class>/<n>.jpg`` with class-coloured noisy images of varied sizes."""
+    per_class = per_class or {"train": 12, "validation": 6}
+    seed = 0
+    for split, count in per_class.items():
+        for label in classes:
+            for index in range(count):
+                seed += 1
+                size = (40 + (seed * 7) % 30, 36 + (seed * 5) % 30)
+                write_image(root / split / label / f"{label}.{index}.jpg", CLASS_COLOURS[label],
+                            size, seed)
+    return root
+
+
+def tiny_params(source: Path | str, **overrides: dict) -> dict:
+    """params.yaml content for a seconds-long run: random 0.35 base, 32 px, few epochs."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["source"] = str(source)
+    params["base"].update(alpha=0.35, weights="none")
+    params["preprocess"].update(image_size=32, shard_size=16)
+    params["train"].update(batch_size=8)
+    params["transfer"].update(epochs=3, learning_rate=0.01)
+    params["finetune"].update(epochs=2, learning_rate=0.001)
+    for section, values in overrides.items():
+        params[section].update(values)
+    return params
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "source")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Callable[..., Path]:
+    """Make a project folder with a params.yaml (and the committed schema); return its path."""
+
+    def make(source: Path | str, schema: Path | None = REPO / "schema" / "schema.pbtxt",
+             **overrides: dict) -> Path:
+        work = tmp_path / "work"
+        work.mkdir(exist_ok=True)
+        (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(source, **overrides)))
+        if schema is not None:
+            (work / "schema").mkdir(exist_ok=True)
+            shutil.copy(schema, work / "schema" / "schema.pbtxt")
+        return work
+
+    return make

@@ -1,0 +1,120 @@
+"""params.yaml loading: defaults, typing, and a named, actionable error for each bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_params
+from warmstart.params import MOBILENET_V2_LAYERS, ParamsError, load_params, params_from_dict
+
+
+def load(tmp_path: Path, params: dict):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return load_params(path)
+
+
+def test_repo_defaults_reproduce_the_tutorial() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.base.alpha == 1.0 and params.base.weights == "imagenet"
+    assert params.preprocess.image_size == 128 and params.train.batch_size == 128
+    assert (params.transfer.epochs, params.transfer.learning_rate) == (50, 1e-4)
+    assert params.finetune.fine_tune_at == 100 and params.finetune.epochs == 5
+    assert params.finetune.learning_rate < params.transfer.learning_rate
+    assert params.path("raw") == REPO / "data" / "raw"
+
+
+def test_dvc_yaml_uses_every_path_key() -> None:
+    dvc_yaml = (REPO / "dvc.yaml").read_text()
+    unused = [key for key in yaml.safe_load((REPO / "params.yaml").read_text())["paths"]
+              if f"${{paths.{key}}}" not in dvc_yaml and key != "downloads"]
+    assert unused == []
+
+
+def test_ints_are_accepted_for_floats(tmp_path: Path, dataset: Path) -> None:
+    params = load(tmp_path, tiny_params(dataset, transfer={"learning_rate": 1}))
+    assert params.transfer.learning_rate == 1.0
+    assert isinstance(params.transfer.learning_rate, float)
+
+
+@pytest.mark.parametrize(("override", "key", "hint"), [
+    ({"transfer": {"epochs": -1}}, "transfer.epochs", "> 0"),
+    ({"transfer": {"epochs": 2.5}}, "transfer.epochs", "must be int"),
+    ({"transfer": {"learning_rate": "1e-4"}}, "transfer.learning_rate", "0.0001"),
+    ({"finetune": {"epochs": -3}}, "finetune.epochs", "0 or more"),
+    ({"finetune": {"fine_tune_at": MOBILENET_V2_LAYERS}}, "finetune.fine_tune_at", "153"),
+    ({"finetune": {"fine_tune_at": -1}}, "finetune.fine_tune_at", "layers"),
+    ({"train": {"batch_size": 0}}, "train.batch_size", "> 0"),
+    ({"head": {"dropout": 1.0}}, "head.dropout", "[0, 1)"),
+    ({"preprocess": {"image_size": 16}}, "preprocess.image_size", "32"),
+    ({"data": {"sha256": "abc"}}, "data.sha256", "64 hex"),
+    ({"data": {"validation_split": "train"}}, "data.validation_split", "different"),
+    ({"paths": {"raw": "/tmp/raw"}}, "paths.raw", "relative"),
+    ({"paths": {"raw": "../raw"}}, "paths.raw", "relative"),
+    ({"evaluate": {"threshold": 1.5}}, "evaluate.threshold", "(0, 1)"),
+])
+def test_bad_values_name_the_key_and_the_fix(tmp_path: Path, dataset: Path, override: dict,
+                                             key: str, hint: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        load(tmp_path, tiny_params(dataset, **override))
+    assert caught.value.key == key
+    assert key in str(caught.value) and hint in str(caught.value)
+
+
+def test_unknown_key_is_rejected(tmp_path: Path, dataset: Path) -> None:
+    raw = tiny_params(dataset)
+    raw["transfer"]["epoch"] = 3
+    with pytest.raises(ParamsError, match=r"`transfer.epoch` is not a known key.*epochs"):
+        load(tmp_path, raw)
+
+
+def test_unknown_section_is_rejected(tmp_path: Path, dataset: Path) -> None:
+    raw = tiny_params(dataset)
+    raw["trainning"] = {}
+    with pytest.raises(ParamsError, match="`trainning` is not a known key"):
+        load(tmp_path, raw)
+
+
+def test_missing_weights_file_is_an_error_not_random_init(tmp_path: Path, dataset: Path) -> None:
+    with pytest.raises(ParamsError, match=r"`base.weights` points to .*missing.h5.*not a file"):
+        load(tmp_path, tiny_params(dataset, base={"weights": "missing.h5"}))
+
+
+def test_missing_source_fails(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"`data.source` points to .*nowhere.*does not exist"):
+        load(tmp_path, tiny_params(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("source", ["ftp://example.org/data.zip", "file:///etc/passwd"])
+def test_unsupported_url_scheme_fails(tmp_path: Path, source: str) -> None:
+    with pytest.raises(ParamsError, match="unsupported scheme"):
+        load(tmp_path, tiny_params(source))
+
+
+def test_source_file_must_be_a_zip(tmp_path: Path) -> None:
+    tarball = tmp_path / "data.tar.gz"
+    tarball.write_bytes(b"x")
+    with pytest.raises(ParamsError, match="not a .zip"):
+        load(tmp_path, tiny_params(tarball))
+
+
+def test_imagenet_keyword_needs_a_published_variant(tmp_path: Path, dataset: Path) -> None:
+    with pytest.raises(ParamsError, match="preprocess.image_size.*no imagenet weights"):
+        load(tmp_path, tiny_params(dataset, base={"weights": "imagenet", "alpha": 1.0}))
+
+
+def test_url_source_is_accepted_without_network(tmp_path: Path) -> None:
+    params = params_from_dict(tiny_params("https://example.org/data.zip"), root=tmp_path)
+    assert params.data.source.startswith("https://")
+
+
+@pytest.mark.parametrize("alpha", [0.35, 1.0])
+def test_layer_count_constant_matches_keras(alpha: float) -> None:
+    import keras
+
+    base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,
+                                          alpha=alpha, weights=None)
+    assert len(base.layers) == MOBILENET_V2_LAYERS

@@ -1,0 +1,116 @@
+"""The DVC pipeline end to end on a tiny dataset: `dvc repro`, no-op re-run, partial re-run."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, make_dataset, tiny_params
+
+STAGE_ORDER = ["ingest", "validate", "preprocess", "features", "transfer", "finetune",
+               "evaluate"]
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-5000:]}"
+    return output
+
+
+def ran_stages(output: str) -> list[str]:
+    return [s for s in STAGE_ORDER if f"Running stage '{s}'" in output]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A git + DVC project with this repo's dvc.yaml, code and schema, and tiny params."""
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(REPO / "dvc.yaml", work)
+    shutil.copytree(REPO / "warmstart", work / "warmstart",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "schema", work / "schema")
+    source = make_dataset(tmp_path / "source")
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(source), sort_keys=False))
+    run(["git", "init", "-q"], work)
+    run(["git", "config", "user.email", "t@example.org"], work)
+    run(["git", "config", "user.name", "test"], work)
+    run(["dvc", "init", "-q"], work)
+    return work
+
+
+def commit(work: Path, message: str) -> None:
+    run(["git", "add", "-A"], work)
+    run(["git", "commit", "-qm", message], work)
+
+
+def test_repro_skip_and_partial_rerun(project: Path) -> None:
+    assert ran_stages(run(["dvc", "repro"], project)) == STAGE_ORDER
+    assert "up to date" in run(["dvc", "status"], project)
+    for metrics in ("transfer", "finetune", "evaluate"):
+        assert (project / "metrics" / f"{metrics}.json").is_file()
+    commit(project, "first run")
+
+    second = run(["dvc", "repro"], project)
+    assert ran_stages(second) == [] and "didn't change" in second
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["finetune"]["epochs"] = 3
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status"], project)
+    assert "finetune:" in status and "transfer:" not in status
+    assert ran_stages(run(["dvc", "repro"], project)) == ["finetune", "evaluate"]
+    assert "up to date" in run(["dvc", "status"], project)
+    assert "finetune.epochs" in run(["dvc", "params", "diff"], project)
+    metrics_diff = run(["dvc", "metrics", "diff"], project)
+    assert "metrics/finetune.json" in metrics_diff and "epochs" in metrics_diff
+
+
+def test_validation_failure_stops_the_pipeline(project: Path, tmp_path: Path) -> None:
+    (tmp_path / "source" / "train" / "cats" / "bad.jpg").write_bytes(b"garbage")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "train/cats/bad.jpg" in output and "failed to reproduce 'validate'" in output
+    assert ran_stages(output) == ["ingest", "validate"]
+    assert "Traceback" not in output
+
+
+def imported_modules(module: str, seen: set[str] | None = None) -> set[str]:
+    """warmstart modules ``module`` imports, transitively (static, incl. function-level)."""
+    seen = set() if seen is None else seen
+    path = REPO / (module.replace(".", "/") + ".py")
+    seen.add(module)
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            if name.startswith("warmstart.") and name not in seen:
+                imported_modules(name, seen)
+    return seen
+
+
+def test_dvc_yaml_deps_list_every_module_each_stage_imports() -> None:
+    from warmstart.cli import STAGES
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        needed = imported_modules(STAGES[name][0]) | imported_modules("warmstart.cli")
+        files = {m.replace(".", "/") + ".py" for m in needed}
+        missing = files - set(stage["deps"])
+        assert not missing, f"dvc.yaml stage {name!r} lacks deps {sorted(missing)}"
+        assert f"python -m warmstart {name}" == stage["cmd"]
