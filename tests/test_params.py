@@ -28,9 +28,10 @@ def test_repo_defaults_reproduce_the_tutorial() -> None:
 
 
 def test_dvc_yaml_uses_every_path_key() -> None:
+    """Except the download cache and the training backups, which are deliberately untracked."""
     dvc_yaml = (REPO / "dvc.yaml").read_text()
     unused = [key for key in yaml.safe_load((REPO / "params.yaml").read_text())["paths"]
-              if f"${{paths.{key}}}" not in dvc_yaml and key != "downloads"]
+              if f"${{paths.{key}}}" not in dvc_yaml and key not in ("downloads", "checkpoints")]
     assert unused == []
 
 
@@ -43,7 +44,7 @@ def test_ints_are_accepted_for_floats(tmp_path: Path, dataset: Path) -> None:
 @pytest.mark.parametrize(("override", "key", "hint"), [
     ({"transfer": {"epochs": -1}}, "transfer.epochs", "> 0"),
     ({"transfer": {"epochs": 2.5}}, "transfer.epochs", "must be int"),
-    ({"transfer": {"learning_rate": "1e-4"}}, "transfer.learning_rate", "0.0001"),
+    ({"transfer": {"learning_rate": "fast"}}, "transfer.learning_rate", "0.0001"),
     ({"finetune": {"epochs": -3}}, "finetune.epochs", "0 or more"),
     ({"finetune": {"fine_tune_at": MOBILENET_V2_LAYERS}}, "finetune.fine_tune_at", "153"),
     ({"finetune": {"fine_tune_at": -1}}, "finetune.fine_tune_at", "layers"),
@@ -62,6 +63,18 @@ def test_bad_values_name_the_key_and_the_fix(tmp_path: Path, dataset: Path, over
         load(tmp_path, tiny_params(dataset, **override))
     assert caught.value.key == key
     assert key in str(caught.value) and hint in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["1e-05", "1E-5", "1.0e-5", "0.00001", "+1e-5"])
+def test_exponent_floats_are_floats_as_dvc_writes_them(tmp_path: Path, dataset: Path,
+                                                       text: str) -> None:
+    """Regression: `dvc exp run -S finetune.learning_rate=0.00001` writes `1e-05`, which plain
+    PyYAML (YAML 1.1) reads as the string '1e-05'."""
+    content = yaml.safe_dump(tiny_params(dataset)).replace(
+        "learning_rate: 0.001", f"learning_rate: {text}")
+    assert f"learning_rate: {text}" in content
+    (tmp_path / "params.yaml").write_text(content)
+    assert load_params(tmp_path / "params.yaml").finetune.learning_rate == pytest.approx(1e-5)
 
 
 def test_unknown_key_is_rejected(tmp_path: Path, dataset: Path) -> None:
@@ -92,6 +105,11 @@ def test_missing_source_fails(tmp_path: Path) -> None:
 def test_unsupported_url_scheme_fails(tmp_path: Path, source: str) -> None:
     with pytest.raises(ParamsError, match="unsupported scheme"):
         load(tmp_path, tiny_params(source))
+
+
+def test_credentials_in_url_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="`data.source` contains a password"):
+        load(tmp_path, tiny_params("https://user:secret@example.org/data.zip"))
 
 
 def test_source_file_must_be_a_zip(tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ import yaml
 
 from tests.conftest import CLASS_COLOURS, make_dataset, tiny_params
 from warmstart.dataset import Manifest, image_dataset, labels_of
+from warmstart.featurecache import load_features
 from warmstart.model import find_base, load_model, unfreeze_from
 from warmstart.params import Params, load_params
 from warmstart.stages.evaluate import run_evaluate
-from warmstart.stages.features import load_features, run_features
+from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune
 from warmstart.stages.ingest import run_ingest
 from warmstart.stages.preprocess import run_preprocess

@@ -6,19 +6,24 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
+from PIL import Image
 
-from tests.conftest import CLASS_COLOURS, make_dataset, write_image
-from warmstart.params import load_params
+from tests.conftest import CLASS_COLOURS, REPO, make_dataset, write_image
+from warmstart.imagetable import bounded_map, sniff_format
+from warmstart.params import ParamsError, load_params, params_from_dict
+from warmstart.phash import hamming, near_pairs, phash
 from warmstart.stages.ingest import run_ingest
 from warmstart.stages.validate import (
     ValidationFailed,
     propose_schema,
-    read_validated,
     run_validate,
     schema_diff,
     write_schema,
 )
+from warmstart.validated import read_validated
 
 
 def ingest(work: Path):
@@ -33,10 +38,18 @@ def test_clean_dataset_passes(workspace: Callable[..., Path], dataset: Path) -> 
     table, classes = read_validated(params.path("validated"))
     assert classes == ["cats", "dogs"]
     assert len(table) == 36 and set(table["decodable"]) == {1}
-    assert set(table["format"]) == {"jpeg"}
+    assert set(table["format"]) == {"jpeg"} and set(table["mode"]) == {"RGB"}
+    assert set(table["quarantined"]) == {0} and table["sha256"].str.len().eq(64).all()
+    assert table["phash"].str.len().eq(16).all() and (table["contrast"] > 2).all()
     report = json.loads((params.path("validation_report") / "anomalies.json").read_text())
-    assert report["ok"] is True
+    assert report["ok"] is True and report["problems"] == []
+    assert report["drift_skew"]["train"]["label"]["skew"]["type"] == "L_INFTY"
     assert (params.path("validation_report") / "stats_train.pb").stat().st_size > 0
+    assert (params.path("validation_baseline") / "stats_validation.pb").is_file()
+    metrics = json.loads(params.path("validate_metrics").read_text())
+    assert metrics["images"] == 36 and metrics["quarantined"] == 0
+    html = params.path("validation_html").read_text()
+    assert "TFDV statistics" in html and "PASSED" in html
 
 
 def test_undecodable_file_fails_naming_it(workspace: Callable[..., Path], dataset: Path) -> None:
@@ -76,7 +89,7 @@ def test_file_outside_class_folder_and_missing_class(workspace: Callable[..., Pa
     with pytest.raises(ValidationFailed) as caught:
         run_validate(params)
     assert "train/loose.jpg" in str(caught.value)
-    assert "class 'dogs' has no images in 'validation'" in str(caught.value)
+    assert "class 'dogs' has no usable images in 'validation'" in str(caught.value)
 
 
 def test_missing_schema_says_how_to_make_one(workspace: Callable[..., Path],
@@ -96,3 +109,67 @@ def test_schema_proposal_for_three_classes(workspace: Callable[..., Path],
     assert schema_diff(params.path("schema"), proposal) == ""
     run_validate(params)
     assert read_validated(params.path("validated"))[1] == ["birds", "cats", "dogs"]
+
+
+def test_duplicate_within_a_split_is_a_warning(workspace: Callable[..., Path],
+                                               dataset: Path) -> None:
+    copy = dataset / "train" / "cats" / "copy.jpg"
+    copy.write_bytes((dataset / "train" / "cats" / "cats.0.jpg").read_bytes())
+    params = ingest(workspace(dataset))
+    run_validate(params)  # passes under `fail`: it weights one image twice, leaks nothing
+    report = json.loads((params.path("validation_report") / "anomalies.json").read_text())
+    [problem] = report["problems"]
+    assert problem["check"] == "duplicate within a split" and problem["advisory"] is True
+    assert problem["quarantine"] == {"train/cats/copy.jpg": problem["quarantine"][
+        "train/cats/copy.jpg"]} and "duplicate of train/cats/cats.0.jpg" in problem[
+        "quarantine"]["train/cats/copy.jpg"]
+
+
+def test_near_pairs_finds_exactly_the_close_hashes() -> None:
+    rng = np.random.default_rng(3)
+    values = [int(v) for v in rng.integers(0, 2**63, 300, dtype=np.int64)]
+    values += [values[0] ^ 0b1011, values[1] ^ (1 << 63), values[2]]  # distances 3, 1, 0
+    hashes = [f"{v:016x}" for v in values]
+    for distance in (0, 3, 6):
+        brute = sorted((i, j, hamming(hashes[i], hashes[j]))
+                       for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+                       if hamming(hashes[i], hashes[j]) <= distance)
+        assert near_pairs(hashes, distance) == brute
+    assert near_pairs(hashes, -1) == []
+
+
+def test_phash_survives_resizing_not_different_pictures() -> None:
+    y, x = np.mgrid[0:120, 0:160]
+    picture = Image.fromarray(((x * 1.5 + y) % 256).astype(np.uint8), "L")
+    other = Image.fromarray(((x * y) % 256).astype(np.uint8), "L")
+    assert hamming(phash(picture), phash(picture.resize((96, 72)))) <= 2
+    assert hamming(phash(picture), phash(other)) > 10
+
+
+def test_sniff_format_by_content() -> None:
+    assert sniff_format(b"\xff\xd8\xff\xe0") == "jpeg"
+    assert sniff_format(b"\x89PNG\r\n\x1a\n....") == "png"
+    assert sniff_format(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "webp"
+    assert sniff_format(b"GIF89a") == "gif" and sniff_format(b"BM..") == "bmp"
+    assert sniff_format(b"hello") == "other" and sniff_format(b"") == "other"
+
+
+def test_bounded_map_keeps_order_and_bounds_work_in_flight() -> None:
+    started: list[int] = []
+    results = bounded_map(lambda i: started.append(i) or i * i, iter(range(50)), workers=2,
+                          in_flight=4)
+    first = next(results)
+    assert first == 0 and len(started) <= 4  # nothing beyond the window was submitted
+    assert [first, *results] == [i * i for i in range(50)]
+
+
+@pytest.mark.parametrize(("key", "value"), [("policy", "ignore"),
+                                            ("beam_options", "DirectRunner"),
+                                            ("max_quarantine_fraction", 1.5),
+                                            ("near_duplicate_distance", 65)])
+def test_bad_validate_params_are_refused(tmp_path: Path, key: str, value: object) -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["source"] = str(tmp_path)
+    raw["validate"][key] = value
+    with pytest.raises(ParamsError, match=f"validate.{key}"):
+        params_from_dict(raw, root=tmp_path)

@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from importlib import import_module
+from pathlib import Path
 
 from warmstart.errors import WarmstartError
 from warmstart.params import DEFAULT_PARAMS_FILE, Params, load_params
@@ -24,13 +25,19 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "preprocess": ("warmstart.stages.preprocess", "run_preprocess",
                    "decode + resize validated images into TFRecord shards"),
     "features": ("warmstart.stages.features", "run_features",
-                 "run the frozen base once: cached pooled features"),
+                 "one pass of the frozen base: pooled features + fine-tune prefix cache"),
     "transfer": ("warmstart.stages.transfer", "run_transfer",
                  "train the head on the frozen base (transfer learning)"),
     "finetune": ("warmstart.stages.finetune", "run_finetune",
                  "unfreeze the base from finetune.fine_tune_at and train more"),
     "evaluate": ("warmstart.stages.evaluate", "run_evaluate",
                  "metrics and plots of both models on the validation split"),
+    "export": ("warmstart.stages.export", "run_export",
+               "SavedModel + TFLite (float32, int8) of the fine-tuned model, parity-checked"),
+    "model_card": ("warmstart.stages.model_card", "run_model_card",
+                   "write the model card: data version, params, metrics, export sizes"),
+    "gate": ("warmstart.stages.gate", "run_gate",
+             "promote the exported model to paths.promoted_model if gate.* bounds pass"),
 }
 
 
@@ -53,13 +60,37 @@ def build_parser() -> argparse.ArgumentParser:
                                  "and show its diff against the committed one")
     schema.add_argument("--write", action="store_true", help="write the proposal to "
                         "paths.schema (review and commit it)")
+    add_predict_parser(commands)
     return parser
+
+
+def add_predict_parser(commands: argparse._SubParsersAction) -> None:
+    predict = commands.add_parser(
+        "predict", help="classify an image or a folder of images (exit status 1 only if no "
+        "image could be predicted; unreadable files are reported and skipped)")
+    predict.add_argument("model", type=Path, help=".keras or .tflite file, SavedModel folder, "
+                         "or a folder holding model.keras (e.g. models/promoted)")
+    predict.add_argument("images", type=Path, help="an image file, or a folder searched "
+                         "recursively for .jpg/.jpeg/.png/.gif/.bmp files")
+    predict.add_argument("--top-k", type=int, default=3, help="classes listed per image "
+                         "(default: %(default)s)")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                         help="output on stdout (default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
+    predict.add_argument("--max-pixels", type=int, default=100_000_000, help="images whose "
+                         "header claims more pixels are reported, not decoded (default: "
+                         "%(default)s)")
+    predict.add_argument("--classes", type=Path, help="classes.json or the training run's "
+                         "manifest.json (default: classes.json beside the model, else this "
+                         "project's paths.processed manifest)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     try:
+        if args.command == "predict":
+            return run_predict(args)
         params = load_params(args.params)
         if args.command == "schema":
             validate = import_module("warmstart.stages.validate")
@@ -69,6 +100,25 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s failed:\n%s", args.command, exc)
         return 1
     return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    predict = import_module("warmstart.predict")
+    sys.stdout.write(predict.predict(
+        args.model, args.images, top_k=args.top_k, fmt=args.format, batch_size=args.batch_size,
+        classes=args.classes, fallback_classes=project_manifest(args.params),
+        max_pixels=args.max_pixels))
+    return 0
+
+
+def project_manifest(params_file: str) -> Path | None:
+    """This project's preprocessing manifest (class names of its training run), if any."""
+    if not Path(params_file).is_file():
+        return None
+    try:
+        return load_params(params_file).path("processed") / "manifest.json"
+    except WarmstartError:
+        return None
 
 
 def configure_logging(verbose: bool) -> None:

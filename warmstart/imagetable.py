@@ -1,109 +1,201 @@
-"""The per-image metadata table that data validation computes statistics over.
+"""The per-image metadata table that data validation computes statistics and checks over.
 
-One row per file under ``<raw>/<split>/...``: where it is, its label (class folder), what it
-really is (format sniffed from content, not the extension), its size and colour mode, and whether
-the training decoder can decode it (a full decode, guarded against decompression bombs).
+One row per file under ``<raw>/<split>/...``: where it is and its label (class folder); what it
+really is (format sniffed from the content, not the extension); its size, aspect ratio and colour
+mode; whether the training decoder (``tf.io.decode_image``, the one preprocessing uses) can decode
+it and, if not, why; its mean brightness and contrast; its exact content hash (sha256) and its
+perceptual hash (pHash, for near-duplicates).
+
+Each file is read once and decoded once, in a pool of threads with a bounded number of files in
+flight, so memory stays bounded whatever the dataset size. Nothing is decoded before its header
+passed the size limits (decompression-bomb guard); symlinks are never followed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import math
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageStat, UnidentifiedImageError
 from tqdm import tqdm
 
 from warmstart.imaging import decode_rgb
+from warmstart.params import ValidateParams
+from warmstart.phash import phash
 
 logger = logging.getLogger(__name__)
 
-#: Columns TFDV computes statistics over (path and error are for reports only).
-STAT_COLUMNS = ["label", "format", "extension", "mode", "width", "height", "channels",
-                "file_bytes", "decodable"]
+#: Every column of the table, in order.
+COLUMNS = ["split", "label", "path", "format", "extension", "mode", "width", "height", "aspect",
+           "channels", "file_bytes", "decodable", "brightness", "contrast", "sha256", "phash",
+           "status", "error"]
+#: Columns TFDV computes statistics over (the rest identify files or explain errors).
+STAT_COLUMNS = ["label", "format", "extension", "mode", "width", "height", "aspect",
+                "channels", "file_bytes", "decodable", "brightness", "contrast"]
+CATEGORICAL_COLUMNS = ("label", "format", "extension", "mode")
+FLOAT_COLUMNS = ("aspect", "brightness", "contrast")
 #: Label of a file lying directly in a split folder instead of in a class folder.
 NO_CLASS = "(no class folder)"
+#: Formats recognised by their magic bytes; anything else is "other".
+MAGIC = (("jpeg", 0, b"\xff\xd8\xff"), ("png", 0, b"\x89PNG\r\n\x1a\n"), ("gif", 0, b"GIF87a"),
+         ("gif", 0, b"GIF89a"), ("bmp", 0, b"BM"), ("webp", 8, b"WEBP"))
+#: Row status: "ok" or why the file could not be (fully) inspected.
+OK = "ok"
 
-Image.MAX_IMAGE_PIXELS = None  # the pixel limit is enforced explicitly in describe_image
+Image.MAX_IMAGE_PIXELS = None  # the pixel limit is enforced explicitly, before any decode
 
-
-@dataclass(frozen=True)
-class ImageRecord:
-    split: str
-    label: str
-    path: str  # relative to the raw folder, POSIX separators
-    format: str
-    extension: str
-    mode: str
-    width: int
-    height: int
-    channels: int
-    file_bytes: int
-    decodable: int
-    error: str
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def list_image_files(raw: Path, splits: tuple[str, ...]) -> list[tuple[str, str, Path]]:
-    """(split, label, path) for every file under each split, in a stable order."""
+    """(split, label, path) for every file (or symlink) under each split, in a stable order."""
     found = []
     for split in splits:
         for path in sorted((raw / split).rglob("*")):
-            if path.is_file() or path.is_symlink():
+            if path.is_symlink() or not path.is_dir():
                 rel = path.relative_to(raw / split)
                 label = rel.parts[0] if len(rel.parts) > 1 else NO_CLASS
                 found.append((split, label, path))
     return found
 
 
+def empty_class_folders(raw: Path, splits: tuple[str, ...]) -> list[str]:
+    """Class folders (``<split>/<class>``) holding no file at all, relative to ``raw``."""
+    empty = []
+    for split in splits:
+        folder = raw / split
+        for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if child.is_dir() and not child.is_symlink() and not _holds_files(child):
+                empty.append(child.relative_to(raw).as_posix())
+    return empty
+
+
+def _holds_files(folder: Path) -> bool:
+    return any(p.is_symlink() or not p.is_dir() for p in folder.rglob("*"))
+
+
+def sniff_format(head: bytes) -> str:
+    """jpeg, png, gif, bmp, webp by the content's magic bytes, else "other"."""
+    for name, offset, magic in MAGIC:
+        if head[offset:offset + len(magic)] == magic and (name != "webp" or head[:4] == b"RIFF"):
+            return name
+    return "other"
+
+
 def describe_image(raw: Path, split: str, label: str, path: Path,
-                   max_pixels: int) -> ImageRecord:
-    """Sniff the header with Pillow, then fully decode with the training decoder."""
-    fields = {"split": split, "label": label, "path": path.relative_to(raw).as_posix(),
-              "extension": path.suffix.lower().lstrip("."),
-              "file_bytes": path.lstat().st_size}
-    header = _read_header(path)
-    fields.update(header)
-    if header["error"]:
-        return ImageRecord(decodable=0, **fields)
-    pixels = header["width"] * header["height"]
-    if pixels > max_pixels:
-        fields["error"] = (f"{header['width']}x{header['height']} = {pixels} pixels exceeds "
-                           f"validate.max_image_pixels={max_pixels} (decompression bomb guard)")
-        return ImageRecord(decodable=0, **fields)
-    fields["error"] = _full_decode_error(path)
-    return ImageRecord(decodable=int(not fields["error"]), **fields)
+                   limits: ValidateParams) -> dict:
+    """One table row: read the file once, check its header, then decode it fully once."""
+    row = _blank_row(raw, split, label, path)
+    refusal = _refusal(path, row["file_bytes"], limits.max_file_bytes)
+    if refusal:
+        return {**row, **refusal}
+    data = path.read_bytes()
+    row.update(sha256=hashlib.sha256(data).hexdigest(), format=sniff_format(data[:16]))
+    header = _read_header(data)
+    row.update(header)
+    if row["status"] != OK:
+        return row
+    pixels = row["width"] * row["height"]
+    if pixels > limits.max_image_pixels:
+        return {**row, "status": "too_many_pixels",
+                "error": f"{row['width']}x{row['height']} = {pixels} pixels exceeds "
+                         f"validate.max_image_pixels={limits.max_image_pixels} (decompression "
+                         "bomb guard: not decoded)"}
+    row.update(_decode_and_measure(data))
+    return row
 
 
-def _read_header(path: Path) -> dict:
-    unknown = {"format": "unknown", "mode": "unknown", "width": 0, "height": 0, "channels": 0}
+def _blank_row(raw: Path, split: str, label: str, path: Path) -> dict:
+    return {"split": split, "label": label, "path": path.relative_to(raw).as_posix(),
+            "format": "other", "extension": path.suffix.lower().lstrip("."), "mode": "unknown",
+            "width": 0, "height": 0, "aspect": math.nan, "channels": 0,
+            "file_bytes": path.lstat().st_size, "decodable": 0, "brightness": math.nan,
+            "contrast": math.nan, "sha256": "", "phash": "", "status": OK, "error": ""}
+
+
+def _refusal(path: Path, size: int, max_bytes: int) -> dict | None:
+    """Files that are not read at all: symlinks, non-regular files, empty and huge files."""
     if path.is_symlink():
-        return {**unknown, "error": f"symlink to {path.readlink()} (not a regular file)"}
-    try:
-        with Image.open(path) as image:
-            return {"format": (image.format or "unknown").lower(), "mode": image.mode,
-                    "width": image.width, "height": image.height,
-                    "channels": len(image.getbands()), "error": ""}
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        return {**unknown, "error": f"not a readable image: {exc}"}
+        return {"status": "symlink",
+                "error": f"symlink to {path.readlink()}: not followed (raw data must be regular "
+                         "files inside the dataset)"}
+    if not path.is_file():
+        return {"status": "not_a_file", "error": "not a regular file"}
+    if size == 0:
+        return {"status": "empty", "error": "empty file (0 bytes)"}
+    if size > max_bytes:
+        return {"status": "too_many_bytes",
+                "error": f"{size} bytes exceeds validate.max_file_bytes={max_bytes}: not read"}
+    return None
 
 
-def _full_decode_error(path: Path) -> str:
+def _read_header(data: bytes) -> dict:
+    """Format details from the header only (Pillow decodes lazily: no pixels yet)."""
     try:
-        decode_rgb(tf.io.read_file(str(path)))
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            return {"mode": image.mode, "width": width, "height": height,
+                    "channels": len(image.getbands()),
+                    "aspect": max(width, height) / max(min(width, height), 1)}
+    except UnidentifiedImageError:
+        return {"status": "unreadable",
+                "error": f"not a readable image: unknown format (starts with {data[:8]!r})"}
+    except (OSError, ValueError, SyntaxError) as exc:
+        return {"status": "unreadable", "error": f"not a readable image: {exc}"}
+
+
+def _decode_and_measure(data: bytes) -> dict:
+    """Decode with the training decoder; brightness, contrast and pHash of the result."""
+    try:
+        pixels = decode_rgb(tf.constant(data)).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
-        return f"decode failed: {exc.message.splitlines()[0]}"
-    return ""
+        return {"status": "undecodable",
+                "error": f"training decoder failed: {_tf_message(exc)}"}
+    grey = Image.fromarray(pixels, "RGB").convert("L")
+    del pixels
+    stat = ImageStat.Stat(grey)  # from the histogram: no float copy of the image
+    return {"decodable": 1, "brightness": round(stat.mean[0], 3),
+            "contrast": round(stat.stddev[0], 3), "phash": phash(grey)}
 
 
-def build_table(raw: Path, splits: tuple[str, ...], workers: int,
-                max_pixels: int) -> pd.DataFrame:
-    """Describe every file (in parallel threads; TF decoding releases the GIL)."""
-    files = list_image_files(raw, splits)
+def _tf_message(exc: tf.errors.OpError) -> str:
+    """The decoder's own words, without TF's op-name decorations."""
+    text = (exc.message or type(exc).__name__).splitlines()[0]
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip()
+
+
+def bounded_map(function: Callable[[T], R], items: Iterable[T], workers: int,
+                in_flight: int) -> Iterator[R]:
+    """``map`` over threads, in order, with at most ``in_flight`` items submitted at once."""
+    pending: deque = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = [pool.submit(describe_image, raw, s, lab, p, max_pixels) for s, lab, p in files]
-        records = [job.result() for job in tqdm(jobs, desc="inspect images", unit="img")]
-    columns = list(ImageRecord.__dataclass_fields__)
-    return pd.DataFrame([asdict(r) for r in records], columns=columns)
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def build_table(raw: Path, splits: tuple[str, ...], limits: ValidateParams) -> pd.DataFrame:
+    """Describe every file under the splits (threads: TF decoding and Pillow release the GIL)."""
+    files = list_image_files(raw, splits)
+    rows = bounded_map(lambda f: describe_image(raw, *f, limits), files, limits.workers,
+                       in_flight=4 * limits.workers)
+    records = list(tqdm(rows, total=len(files), desc="inspect images", unit="img"))
+    table = pd.DataFrame(records, columns=COLUMNS)
+    return table.astype({c: np.int64 for c in ("width", "height", "channels", "file_bytes",
+                                               "decodable")})

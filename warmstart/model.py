@@ -7,7 +7,9 @@ never trainable, so they stay in inference mode, also while fine-tuning.
 
 from __future__ import annotations
 
+import json
 import logging
+import zipfile
 from pathlib import Path
 
 import keras
@@ -62,10 +64,15 @@ def head_layers(num_classes: int, dropout: float) -> list[keras.layers.Layer]:
             keras.layers.Dense(units, activation=activation, name="head_dense")]
 
 
+def scale_to_unit() -> keras.layers.Layer:
+    """0-255 pixels -> [-1, 1], the range MobileNetV2 was trained on."""
+    return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit")
+
+
 def pooled_features(base: keras.Model) -> keras.Model:
     """Raw pixels -> [-1, 1] -> frozen base -> global average pool: the head's input."""
     inputs = keras.Input(shape=base.input_shape[1:], name="image")
-    scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit")(inputs)
+    scaled = scale_to_unit()(inputs)
     features = base(scaled, training=False)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     return keras.Model(inputs, pooled, name="features")
@@ -138,6 +145,28 @@ def load_model(path: Path) -> keras.Model:
 
 
 def save_model(model: keras.Model, path: Path) -> None:
-    """Save atomically: the file appears complete or not at all."""
+    """Save atomically (complete or absent) and reproducibly (same model, same bytes)."""
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
+        normalize_keras_archive(tmp)
+
+
+#: Fixed timestamp for archive members (the zip format's earliest date).
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def normalize_keras_archive(path: Path) -> None:
+    """Make a .keras file a function of the model alone: Keras stamps the save time into
+    ``metadata.json`` and the zip entry of the weights; drop the one and fix the other."""
+    with zipfile.ZipFile(path) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in members:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata, sort_keys=True).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = info.external_attr
+            archive.writestr(fixed, data)

@@ -7,9 +7,13 @@ done, with the offending key named and the fix spelled out.
 from __future__ import annotations
 
 import dataclasses
+import re
+import shlex
 import types
 import typing
-from dataclasses import dataclass, fields
+import urllib.parse
+import zoneinfo
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,11 @@ MOBILENET_V2_LAYERS = 154
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
 WEIGHTS_KEYWORDS = ("imagenet", "none")
+CACHE_DTYPES = ("float16", "float32")
+FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 DEFAULT_PARAMS_FILE = "params.yaml"
+VALIDATE_POLICIES = ("fail", "quarantine")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 class ParamsError(WarmstartError, ValueError):
@@ -49,8 +57,12 @@ class PathsParams:
     schema: str = "schema/schema.pbtxt"
     validated: str = "data/validated"
     validation_report: str = "reports/validation"
+    validation_html: str = "reports/validation.html"
+    validation_baseline: str = "data/validation_baseline"
+    validate_metrics: str = "metrics/validate.json"
     processed: str = "data/processed"
     features: str = "data/features"
+    prefix: str = "data/prefix"
     transfer_model: str = "models/transfer"
     finetune_model: str = "models/finetune"
     transfer_metrics: str = "metrics/transfer.json"
@@ -59,6 +71,12 @@ class PathsParams:
     transfer_history: str = "plots/transfer_history.csv"
     finetune_history: str = "plots/finetune_history.csv"
     evaluate_plots: str = "plots/evaluate"
+    export_model: str = "models/export"
+    export_metrics: str = "metrics/export.json"
+    model_card: str = "reports/model_card.md"
+    promoted_model: str = "models/promoted"
+    gate_metrics: str = "metrics/gate.json"
+    checkpoints: str = ".warmstart/checkpoints"
 
     def check(self, root: Path) -> None:
         for item in fields(self):
@@ -96,6 +114,10 @@ class DataParams:
             raise ParamsError("data.source", f"uses an unsupported scheme: {self.source!r}",
                               "Use an http(s) URL, a local .zip file or a local folder.")
         if is_url(self.source):
+            if urllib.parse.urlsplit(self.source).password is not None:
+                raise ParamsError("data.source", "contains a password",
+                                  "Credentials never go in params.yaml (it is committed and "
+                                  "logged): use a URL without user:password@.")
             return
         path = root / self.source
         if not path.exists():
@@ -108,12 +130,57 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ValidateParams:
+    policy: str = "fail"
     workers: int = 2
     max_image_pixels: int = 100_000_000
+    max_file_bytes: int = 100_000_000
+    min_side: int = 32
+    max_aspect: float = 4.0
+    min_contrast: float = 2.0
+    near_duplicate_distance: int = 4
+    max_class_ratio: float = 1.5
+    max_quarantine_fraction: float = 0.05
+    skew_linf: float | None = 0.1
+    skew_jsd: float | None = None
+    drift_linf: float | None = 0.1
+    drift_jsd: float | None = 0.1
+    beam_options: str = ("--runner=FnApiRunner --direct_running_mode=in_memory "
+                         "--direct_num_workers=1")
+    max_thumbnails: int = 200
 
     def check(self, root: Path) -> None:
-        _check_positive("validate.workers", self.workers)
-        _check_positive("validate.max_image_pixels", self.max_image_pixels)
+        if self.policy not in VALIDATE_POLICIES:
+            raise ParamsError("validate.policy", f"is {self.policy!r}",
+                              f"Use one of {', '.join(VALIDATE_POLICIES)}.")
+        for name in ("workers", "max_image_pixels", "max_file_bytes", "min_side",
+                     "max_class_ratio", "max_thumbnails"):
+            _check_positive(f"validate.{name}", getattr(self, name))
+        if self.max_aspect < 1.0:
+            raise ParamsError("validate.max_aspect", f"is {self.max_aspect}",
+                              "Use a ratio long side / short side >= 1.")
+        if not 0.0 <= self.max_quarantine_fraction <= 1.0:
+            raise ParamsError("validate.max_quarantine_fraction",
+                              f"is {self.max_quarantine_fraction}", "Use a fraction in [0, 1].")
+        if not -1 <= self.near_duplicate_distance <= 64:
+            raise ParamsError("validate.near_duplicate_distance",
+                              f"is {self.near_duplicate_distance}",
+                              "Use a pHash Hamming distance in [0, 64], or -1 to turn it off.")
+        for name in ("min_contrast", "skew_linf", "skew_jsd", "drift_linf", "drift_jsd"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ParamsError(f"validate.{name}", f"is {value}", "Use a value >= 0.")
+        self._check_beam_options()
+
+    def _check_beam_options(self) -> None:
+        try:
+            flags = shlex.split(self.beam_options)
+        except ValueError as exc:
+            raise ParamsError("validate.beam_options", f"cannot be parsed: {exc}") from exc
+        bad = [flag for flag in flags if not flag.startswith("--")]
+        if bad:
+            raise ParamsError("validate.beam_options", f"has {bad[0]!r}, not a --flag",
+                              "Give Beam pipeline flags, e.g. '--runner=DirectRunner "
+                              "--direct_running_mode=multi_processing --direct_num_workers=2'.")
 
 
 @dataclass(frozen=True)
@@ -167,11 +234,16 @@ class HeadParams:
 class TrainParams:
     batch_size: int = 128
     seed: int = 1337
+    deterministic: bool = True
+    strategy: str = "default"
 
     def check(self, root: Path) -> None:
         _check_positive("train.batch_size", self.batch_size)
         if self.seed < 0:
             raise ParamsError("train.seed", f"is {self.seed}", "Use a seed >= 0.")
+        if self.strategy not in STRATEGIES:
+            raise ParamsError("train.strategy", f"is {self.strategy!r}",
+                              f"Use one of {', '.join(STRATEGIES)}.")
 
 
 @dataclass(frozen=True)
@@ -189,6 +261,7 @@ class FinetuneParams:
     fine_tune_at: int = 100
     epochs: int = 5
     learning_rate: float = 1e-5
+    cache_dtype: str = "float16"
 
     def check(self, root: Path) -> None:
         if not 0 <= self.fine_tune_at < MOBILENET_V2_LAYERS:
@@ -199,6 +272,33 @@ class FinetuneParams:
         if self.epochs < 0:
             raise ParamsError("finetune.epochs", f"is {self.epochs}", "Use 0 or more epochs.")
         _check_positive("finetune.learning_rate", self.learning_rate)
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ParamsError("finetune.cache_dtype", f"is {self.cache_dtype!r}",
+                              f"Use one of {', '.join(CACHE_DTYPES)}.")
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Random augmentation while training (Keras preprocessing layers, inactive at inference)."""
+
+    flip: str = "none"
+    rotation: float = 0.0
+    zoom: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip != "none" or self.rotation > 0 or self.zoom > 0
+
+    def check(self, root: Path) -> None:
+        if self.flip not in FLIP_MODES:
+            raise ParamsError("augment.flip", f"is {self.flip!r}",
+                              f"Use one of {', '.join(FLIP_MODES)}.")
+        if not 0.0 <= self.rotation <= 0.5:
+            raise ParamsError("augment.rotation", f"is {self.rotation}",
+                              "Use a fraction of a full turn in [0, 0.5] (0: off).")
+        if not 0.0 <= self.zoom < 1.0:
+            raise ParamsError("augment.zoom", f"is {self.zoom}",
+                              "Use a fraction of the image size in [0, 1) (0: off).")
 
 
 @dataclass(frozen=True)
@@ -209,6 +309,70 @@ class EvaluateParams:
         if not 0.0 < self.threshold < 1.0:
             raise ParamsError("evaluate.threshold", f"is {self.threshold}",
                               "Use a decision threshold in (0, 1).")
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    int8: bool = True
+    float32_tolerance: float = 1e-4
+    int8_min_agreement: float = 0.995
+
+    def check(self, root: Path) -> None:
+        if not 0.0 < self.float32_tolerance < 1.0:
+            raise ParamsError("export.float32_tolerance", f"is {self.float32_tolerance}",
+                              "Use the largest allowed |probability difference| in (0, 1), "
+                              "e.g. 0.0001.")
+        if not 0.0 <= self.int8_min_agreement <= 1.0:
+            raise ParamsError("export.int8_min_agreement", f"is {self.int8_min_agreement}",
+                              "Use a top-1 agreement fraction in [0, 1], e.g. 0.995.")
+
+
+@dataclass(frozen=True)
+class GateParams:
+    min_accuracy: float = 0.9
+    max_drop: float = 0.01
+
+    def check(self, root: Path) -> None:
+        if not 0.0 <= self.min_accuracy <= 1.0:
+            raise ParamsError("gate.min_accuracy", f"is {self.min_accuracy}",
+                              "Use a validation accuracy in [0, 1].")
+        if not 0.0 <= self.max_drop <= 1.0:
+            raise ParamsError("gate.max_drop", f"is {self.max_drop}",
+                              "Use an accuracy difference in [0, 1] (0: never worse).")
+
+
+@dataclass(frozen=True)
+class OrchestrationParams:
+    """Prefect flows (flows/, tasks/): schedule and retries. No DVC stage depends on it."""
+
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    retries: int = 1
+    stage_retries: dict = field(default_factory=lambda: {"ingest": 3, "validate": 0})
+    retry_delay_seconds: float = 30.0
+
+    def check(self, root: Path) -> None:
+        if len(self.cron.split()) != 5:
+            raise ParamsError("orchestration.cron", f"is {self.cron!r}, not 5 cron fields",
+                              "Use minute hour day-of-month month day-of-week, e.g. "
+                              "'0 2 * * *' (02:00 every day).")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ParamsError("orchestration.timezone", f"is {self.timezone!r}, not an IANA "
+                              "time zone", "Use e.g. UTC or Europe/Berlin.") from exc
+        if self.retries < 0:
+            raise ParamsError("orchestration.retries", f"is {self.retries}", "Use 0 or more.")
+        for stage, count in self.stage_retries.items():
+            if not isinstance(stage, str) or type(count) is not int or count < 0:
+                raise ParamsError(f"orchestration.stage_retries.{stage}", f"is {count!r}",
+                                  "Map stage names to retry counts >= 0.")
+        if self.retry_delay_seconds < 0:
+            raise ParamsError("orchestration.retry_delay_seconds",
+                              f"is {self.retry_delay_seconds}", "Use 0 or more seconds.")
+
+    def retries_for(self, stage: str) -> int:
+        return self.stage_retries.get(stage, self.retries)
 
 
 @dataclass(frozen=True)
@@ -225,7 +389,11 @@ class Params:
     train: TrainParams
     transfer: TransferParams
     finetune: FinetuneParams
+    augment: AugmentParams
     evaluate: EvaluateParams
+    export: ExportParams
+    gate: GateParams
+    orchestration: OrchestrationParams
 
     def path(self, key: str) -> Path:
         """Absolute path of ``paths.<key>``."""
@@ -257,7 +425,11 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "transfer": TransferParams,
     "finetune": FinetuneParams,
+    "augment": AugmentParams,
     "evaluate": EvaluateParams,
+    "export": ExportParams,
+    "gate": GateParams,
+    "orchestration": OrchestrationParams,
 }
 
 
@@ -267,8 +439,24 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     if not path.is_file():
         raise ParamsError("(file)", f"not found at {path}",
                           "Run from the project root or pass --params.")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path.read_text())
     return params_from_dict(raw, root=path.parent)
+
+
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """PyYAML reads ``1e-05`` (no dot) as text, as YAML 1.1 says; YAML 1.2 (and DVC, which writes
+    such values for ``dvc exp run -S``) means a float. Accept the YAML 1.2 forms."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def read_yaml(text: str) -> dict[str, Any]:
+    """Parse params.yaml text (YAML 1.2 floats such as ``1e-05`` are floats)."""
+    return yaml.load(text, Loader=_Yaml12FloatLoader) or {}  # noqa: S506 - a SafeLoader
 
 
 def params_from_dict(raw: dict[str, Any], root: Path) -> Params:
@@ -310,7 +498,7 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if kind is not type(None) and type(value) is kind:
             return value
     names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
-    hint = "YAML reads 1e-4 as text: write 0.0001 or 1.0e-4." if float in allowed else ""
+    hint = "Write a plain number such as 0.0001 or 1e-4." if float in allowed else ""
     raise ParamsError(key, f"must be {names}, got {value!r} ({type(value).__name__})", hint)
 
 

@@ -1,26 +1,38 @@
-"""Shared training plumbing: seeding, epoch logging, history files."""
+"""Shared training plumbing: seeding, epoch logging, per-epoch backups (resume), history files."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from warmstart.atomic import write_text
+from warmstart.atomic import atomic_dir, write_json, write_text
+from warmstart.errors import WarmstartError
+from warmstart.params import Params, as_dict
 
 logger = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ["stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+#: Files of one epoch's backup folder, and the pointer to the latest complete one.
+WEIGHTS_FILE = "model.weights.h5"
+SEEDS_FILE = "seeds.npz"
+ROWS_FILE = "history.json"
+POINTER_FILE = "latest.json"
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and TF, and ask TF for deterministic kernels."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and TF; with ``deterministic``, ask TF for deterministic kernels."""
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -64,3 +76,147 @@ def final_metrics(rows: list[dict]) -> dict:
     last = rows[-1]
     values = {k: round(float(last[k]), 6) for k in HISTORY_FIELDS[2:]}
     return {"epochs": int(last["epoch"]), **{k: v for k, v in values.items() if v == v}}
+
+
+class BackupError(WarmstartError):
+    """A training backup exists for this run but cannot be restored."""
+
+
+class EpochBackup(keras.callbacks.BackupAndRestore):
+    """Keras ``BackupAndRestore`` (weights, optimizer state, epoch), made exact and crash-safe.
+
+    Each epoch's backup goes into a new folder ``epoch-<n>`` and only then does ``latest.json``
+    point at it, so a SIGKILL during a save leaves the previous backup intact (Keras overwrites its
+    files in place). It also keeps what ``save_weights`` leaves out: the random-seed state of
+    Dropout and augmentation layers, and the history rows of the epochs already run (``History``
+    only sees this process). ``latest.json`` records the run's fingerprint (params, inputs, code):
+    a backup of another run is discarded. Put it BEFORE :class:`EpochLogger` in ``callbacks``: an
+    epoch is logged once its backup is complete. :meth:`clean` removes the folder once the stage's
+    outputs are written (not at the end of ``fit``: a crash in between must not lose the epochs).
+    """
+
+    def __init__(self, folder: Path, stage: str, fingerprint: str, train_data: tf.data.Dataset,
+                 epochs: tuple[int, int]) -> None:
+        super().__init__(backup_dir=str(folder), delete_checkpoint=False)
+        self.folder, self.stage, self.fingerprint = folder, stage, fingerprint
+        self.train_data = train_data
+        self.first_epoch, self.last_epoch = epochs
+        self.rows: list[dict] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        state = self._latest()
+        if state is not None:
+            self._restore(state)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.rows.append(history_row(self.stage, epoch + 1, logs or {}))
+        name = f"epoch-{epoch + 1:04d}"
+        with atomic_dir(self.folder / name) as staging:
+            self.model.save_weights(str(staging / WEIGHTS_FILE))
+            np.savez(staging / SEEDS_FILE, *[v.numpy() for v in seed_states(self.model)])
+            write_json(staging / ROWS_FILE, self.rows)
+        write_json(self.folder / POINTER_FILE, {"stage": self.stage, "epoch": epoch + 1,
+                                                "folder": name, "fingerprint": self.fingerprint})
+        for old in self.folder.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def clean(self) -> None:
+        """Remove the backups: call once the stage's outputs are safely written."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _latest(self) -> dict | None:
+        """The latest complete backup of THIS run, or None (discarding leftovers of others)."""
+        pointer = self.folder / POINTER_FILE
+        if not pointer.is_file():
+            shutil.rmtree(self.folder, ignore_errors=True)  # half-written first epoch, if any
+            return None
+        state = json.loads(pointer.read_text())
+        if state.get("fingerprint") != self.fingerprint:
+            logger.warning("%s: discarding the backup of epoch %s in %s: it belongs to a run "
+                           "with other params, inputs or code; starting from the first epoch",
+                           self.stage, state.get("epoch"), self.folder)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return None
+        return state
+
+    def _restore(self, state: dict) -> None:
+        folder = self.folder / state["folder"]
+        try:
+            optimizer = self.model.optimizer
+            if optimizer is not None and not optimizer.built:
+                optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(str(folder / WEIGHTS_FILE))
+            restore_seed_states(self.model, folder / SEEDS_FILE)
+            self.rows = json.loads((folder / ROWS_FILE).read_text())
+        except (OSError, ValueError, KeyError) as exc:
+            raise BackupError(f"Cannot restore the {self.stage} backup in {folder}: {exc}. "
+                              f"Delete {self.folder} to train from the first epoch.") from exc
+        self.model._initial_epoch = state["epoch"]  # what BackupAndRestore itself sets
+        skip_epochs(self.train_data, state["epoch"] - self.first_epoch)
+        logger.info("resuming %s at epoch %d/%d: weights, optimizer, random-seed state and "
+                    "history of epochs 1..%d restored from %s", self.stage, state["epoch"] + 1,
+                    self.last_epoch, state["epoch"], folder)
+
+
+def seed_states(model: keras.Model) -> list[keras.Variable]:
+    """The seed-generator states (Dropout, augmentation) that ``save_weights`` does not keep."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def restore_seed_states(model: keras.Model, path: Path) -> None:
+    states = seed_states(model)
+    with np.load(path) as saved:
+        if len(saved.files) != len(states):
+            raise ValueError(f"{len(saved.files)} saved seed states, the model has {len(states)}")
+        for index, variable in enumerate(states):
+            variable.assign(saved[f"arr_{index}"])
+
+
+def skip_epochs(data: tf.data.Dataset, epochs: int) -> None:
+    """Bring a reshuffling dataset to the order of its epoch ``epochs`` without reading it.
+
+    ``shuffle(seed=s, reshuffle_each_iteration=True)`` draws each new iterator's order from a seed
+    generator kept with the dataset, so an uninterrupted fit's epoch k reads the k-th order. Making
+    (and dropping) one iterator per completed epoch gives the resumed epoch that same order
+    (``tests/test_resume.py`` checks this against TF).
+    """
+    for _ in range(epochs):
+        iter(data)
+
+
+def history_row(stage: str, epoch: int, logs: dict) -> dict:
+    return {"stage": stage, "epoch": epoch, **{k: float(logs[k]) for k in HISTORY_FIELDS[2:]}}
+
+
+def run_fingerprint(params: Params, stage: str, sections: tuple[str, ...],
+                    inputs: dict[str, str]) -> str:
+    """What a backup belongs to: the stage's params sections, its inputs' digests, the code."""
+    values = as_dict(params)
+    parts = {"stage": stage, "params": {s: values[s] for s in sections}, "inputs": inputs,
+             "code": code_digest(), "keras": keras.__version__, "tensorflow": tf.__version__}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 over the warmstart package's sources: a backup is not resumed by other code."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def recorded_key(info_file: Path) -> str:
+    """The cache key a caching stage recorded in its info file (see warmstart/cachekey.py)."""
+    return json.loads(info_file.read_text())["key"]
+
+
+def fit_resumable(model: keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset,
+                  backup: EpochBackup) -> list[dict]:
+    """``fit`` from ``backup``'s latest epoch (or its first); the history rows of ALL epochs."""
+    first, last = backup.first_epoch, backup.last_epoch
+    model.fit(train, validation_data=validation, initial_epoch=first, epochs=last, verbose=0,
+              callbacks=[backup, EpochLogger(backup.stage, last)])
+    return backup.rows

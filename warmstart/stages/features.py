@@ -1,10 +1,16 @@
-"""Stage `features`: run the frozen base once over every image and keep the pooled features.
+"""Stage `features`: one pass of the frozen base over every image, kept for both training stages.
 
 With the base frozen (and no augmentation) every transfer epoch would push every image through
-the whole MobileNetV2 to get the same numbers again; this stage does it once. Output
-(``paths.features``): ``base.keras`` (the exact base the features came from: the transfer stage
-builds its classifier on it), ``<split>.npz`` (``features``, ``labels``) and ``features.json``.
-DVC re-runs the stage, and so invalidates the cache, when the data, image size or base change.
+the whole MobileNetV2 to get the same numbers again, and every fine-tune epoch would recompute
+the frozen layers below ``finetune.fine_tune_at``. This stage computes both once, in a single
+pass, into two DVC outputs:
+
+* ``paths.features``: ``base.keras`` (the exact base the caches came from: the transfer stage
+  builds its classifier on it), ``<split>.npz`` (pooled ``features``, ``labels``) and
+  ``features.json`` (counts, timings and the cache key: data, image size, alpha, weights file
+  hash, base weights). The transfer stage depends on this output only, so changing
+  ``fine_tune_at`` leaves it byte-identical and DVC does not re-run transfer.
+* ``paths.prefix``: the boundary tensors of the fine-tune cut (see ``warmstart/prefixcache.py``).
 """
 
 from __future__ import annotations
@@ -13,48 +19,81 @@ import logging
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
+from keras import tree
+from tqdm import tqdm
 
 from warmstart.atomic import atomic_dir, write_json
+from warmstart.cachekey import make_key
 from warmstart.dataset import Manifest, image_dataset, labels_of
-from warmstart.model import build_base, pooled_features, save_model
+from warmstart.featurecache import BASE_FILE, INFO_FILE, features_key
+from warmstart.model import build_base, save_model, scale_to_unit
 from warmstart.params import Params
+from warmstart.prefix import boundary_names, boundary_tensors
+from warmstart.prefixcache import INFO_FILE as PREFIX_INFO_FILE
+from warmstart.prefixcache import prefix_key, save_prefix
 from warmstart.training import seed_everything
 
 logger = logging.getLogger(__name__)
 
-BASE_FILE = "base.keras"
-INFO_FILE = "features.json"
-
-
 def run_features(params: Params) -> Path:
-    seed_everything(params.train.seed)
+    seed_everything(params.train.seed, params.train.deterministic)
     manifest = Manifest.read(params.path("processed"))
     base = build_base(manifest.image_size, params.base, params.root)
-    extractor = pooled_features(base)
-    info = {"image_size": manifest.image_size, "alpha": params.base.alpha,
-            "feature_dim": int(extractor.output.shape[-1]), "splits": {}}
-    with atomic_dir(params.path("features")) as staging:
-        save_model(base, staging / BASE_FILE)
+    at, dtype = params.finetune.fine_tune_at, params.finetune.cache_dtype
+    extractor = one_pass_extractor(base, at)
+    features_info = {"image_size": manifest.image_size, "alpha": params.base.alpha,
+                     "feature_dim": int(extractor.outputs[0].shape[-1]), "splits": {},
+                     **make_key(features_key(params, manifest, base))}
+    prefix_info = {"fine_tune_at": at, "boundary": boundary_names(base, at), "dtype": dtype,
+                   "splits": {}, **make_key(prefix_key(params, manifest, base))}
+    logger.info("prefix cache: frozen layers 0..%d, boundary %s", max(at, 1) - 1,
+                prefix_info["boundary"])
+    with atomic_dir(params.path("features")) as features, \
+            atomic_dir(params.path("prefix")) as prefix:
+        save_model(base, features / BASE_FILE)
         for split in manifest.splits:
-            features, seconds = extract(extractor, manifest, split, params.train.batch_size)
-            np.savez(staging / f"{split}.npz", features=features,
-                     labels=labels_of(manifest, split))
-            info["splits"][split] = {"count": len(features), "seconds": round(seconds, 2)}
-        write_json(staging / INFO_FILE, info)
+            pooled, boundary, seconds = extract(extractor, manifest, split,
+                                                params.train.batch_size, dtype)
+            labels = labels_of(manifest, split)
+            np.savez(features / f"{split}.npz", features=pooled, labels=labels)
+            save_prefix(prefix, split, boundary, labels)
+            features_info["splits"][split] = {"count": len(pooled), "seconds": round(seconds, 2)}
+            prefix_info["splits"][split] = {"count": len(pooled),
+                                            "bytes": int(sum(a.nbytes for a in boundary))}
+        write_json(features / INFO_FILE, features_info)
+        write_json(prefix / PREFIX_INFO_FILE, prefix_info)
     return params.path("features")
 
 
-def extract(extractor, manifest: Manifest, split: str, batch_size: int) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    images = image_dataset(manifest, split, batch_size, cache=False).map(lambda x, y: x)
-    features = extractor.predict(images, verbose=2)
+def one_pass_extractor(base: keras.Model, fine_tune_at: int) -> keras.Model:
+    """Raw pixels -> [pooled features, *boundary tensors at ``fine_tune_at``], in one forward."""
+    inner = keras.Model(base.input, [base.output, *boundary_tensors(base, fine_tune_at)],
+                        name="frozen_base")
+    pixels = keras.Input(shape=base.input_shape[1:], name="image")
+    feature_map, *boundary = tree.flatten(inner(scale_to_unit()(pixels), training=False))
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(feature_map)
+    return keras.Model(pixels, [pooled, *boundary], name="caches")
+
+
+def extract(extractor: keras.Model, manifest: Manifest, split: str, batch_size: int,
+            dtype: str) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """Batched and streamed into preallocated arrays: memory is the caches plus one batch."""
+    start, count = time.perf_counter(), manifest.count(split)
+    pooled = np.empty((count, *extractor.outputs[0].shape[1:]), np.float32)
+    boundary = [np.empty((count, *t.shape[1:]), dtype) for t in extractor.outputs[1:]]
+    offset = 0
+    images = image_dataset(manifest, split, batch_size, cache=False)
+    for batch, _ in tqdm(images, total=-(-count // batch_size), desc=f"features {split}",
+                         unit="batch"):
+        outputs = tree.flatten(extractor.predict_on_batch(batch))
+        for array, output in zip([pooled, *boundary], outputs, strict=True):
+            array[offset:offset + len(output)] = output
+        offset += len(batch)
     seconds = time.perf_counter() - start
-    logger.info("%s: %d images -> features %s in %.1f s (%.0f img/s)", split, len(features),
-                features.shape[1:], seconds, len(features) / max(seconds, 1e-9))
-    return features.astype(np.float32), seconds
-
-
-def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(folder / f"{split}.npz") as data:
-        return data["features"], data["labels"]
+    size = sum(a.nbytes for a in boundary) / 2**20
+    logger.info("%s: %d images -> features %s + %d boundary tensor(s) (%.0f MiB %s) in %.1f s "
+                "(%.0f img/s)", split, count, pooled.shape[1:], len(boundary), size, dtype,
+                seconds, count / max(seconds, 1e-9))
+    return pooled, boundary, seconds

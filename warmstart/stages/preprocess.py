@@ -18,7 +18,7 @@ from warmstart.atomic import atomic_dir, write_json
 from warmstart.dataset import MANIFEST_FILE, serialize_example, shard_name
 from warmstart.imaging import load_image
 from warmstart.params import Params
-from warmstart.stages.validate import read_validated
+from warmstart.validated import read_validated
 
 logger = logging.getLogger(__name__)
 
@@ -31,22 +31,28 @@ def run_preprocess(params: Params) -> Path:
     splits = {}
     with atomic_dir(params.path("processed")) as staging:
         for split in (params.data.train_split, params.data.validation_split):
-            rows = table[table["split"] == split]
-            paths = [str(raw / p) for p in rows["path"]]
+            rows = table[(table["split"] == split) & (table["quarantined"] == 0)]
+            paths = list(rows["path"])  # relative to raw: shards do not depend on where it lies
             labels = [classes.index(label) for label in rows["label"]]
-            shards = write_shards(staging, split, paths, labels, size, params.preprocess.shard_size)
+            shards = write_shards(staging, split, (raw, paths), labels, size,
+                                  params.preprocess.shard_size)
             splits[split] = {"count": len(paths), "shards": shards}
         write_json(staging / MANIFEST_FILE, {"classes": classes, "image_size": size,
                                              "splits": splits})
     return params.path("processed")
 
 
-def write_shards(folder: Path, split: str, paths: list[str], labels: list[int], size: int,
-                 shard_size: int) -> list[str]:
-    """Decode in parallel with tf.data (order preserved) and write fixed-size shards."""
+def write_shards(folder: Path, split: str, files: tuple[Path, list[str]], labels: list[int],
+                 size: int, shard_size: int) -> list[str]:
+    """Decode in parallel with tf.data (order preserved) and write fixed-size shards.
+
+    ``files`` is (raw folder, paths relative to it); the shards record the relative paths.
+    """
+    raw, paths = files
     count = -(-len(paths) // shard_size)
     names = [shard_name(split, i, count) for i in range(count)]
-    images = tf.data.Dataset.from_tensor_slices(paths).map(
+    absolute = [str(raw / path) for path in paths]
+    images = tf.data.Dataset.from_tensor_slices(absolute).map(
         lambda p: load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     writer = None
     progress = tqdm(zip(images, paths, labels, strict=True), total=len(paths),

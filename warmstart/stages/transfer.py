@@ -3,6 +3,10 @@
 Training on ``paths.features`` is exactly training the full model with the base frozen and in
 inference mode (no augmentation), at a tiny fraction of the cost. The trained head layers are
 then attached to the same base, so ``model.keras`` is the complete model on raw pixels.
+With ``augment`` on, every epoch sees different images, so the cache cannot be used: the full
+model (base frozen) is trained on augmented images instead, and the log says so. Every epoch is
+backed up under ``paths.checkpoints``: a re-run after a crash resumes at the next epoch, with the
+same result as an uninterrupted run (``warmstart/training.py``, EpochBackup).
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from warmstart.atomic import write_json
-from warmstart.dataset import Manifest
+from warmstart.augment import describe, with_augmentation
+from warmstart.dataset import Manifest, image_dataset
+from warmstart.distribute import make_strategy
+from warmstart.featurecache import BASE_FILE, INFO_FILE, check_features, load_features
 from warmstart.model import (
     assemble_classifier,
     compile_model,
@@ -25,11 +32,12 @@ from warmstart.model import (
     save_model,
 )
 from warmstart.params import Params
-from warmstart.stages.features import BASE_FILE, load_features
 from warmstart.training import (
-    EpochLogger,
+    EpochBackup,
     final_metrics,
-    history_rows,
+    fit_resumable,
+    recorded_key,
+    run_fingerprint,
     seed_everything,
     write_history,
 )
@@ -37,38 +45,78 @@ from warmstart.training import (
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
+#: The params sections a transfer backup depends on (dvc.yaml's params of the stage, and data).
+SECTIONS = ("data", "base", "head", "train", "transfer", "augment")
 
 
 def run_transfer(params: Params) -> Path:
-    seed_everything(params.train.seed)
+    strategy = make_strategy(params.train.strategy, params.train.batch_size)
+    seed_everything(params.train.seed, params.train.deterministic)
     manifest = Manifest.read(params.path("processed"))
-    train, validation = params.data.train_split, params.data.validation_split
-    layers = head_layers(len(manifest.classes), params.head.dropout)
-    history = train_head(params, layers, len(manifest.classes), (train, validation))
-    base = load_model(params.path("features") / BASE_FILE)
-    base.trainable = False
-    model = assemble_classifier(base, layers)
-    compile_model(model, len(manifest.classes), params.transfer.learning_rate)
-    save_model(model, params.path("transfer_model") / MODEL_FILE)
-    rows = history_rows("transfer", history, first_epoch=0)
-    write_history(params.path("transfer_history"), rows)
-    write_json(params.path("transfer_metrics"), final_metrics(rows))
-    logger.info("transfer: %s", final_metrics(rows))
+    with strategy.scope():
+        model, backup = train_classifier(params, manifest)
+        save_model(model, params.path("transfer_model") / MODEL_FILE)
+    write_history(params.path("transfer_history"), backup.rows)
+    write_json(params.path("transfer_metrics"), final_metrics(backup.rows))
+    backup.clean()
+    logger.info("transfer: %s", final_metrics(backup.rows))
     return params.path("transfer_model") / MODEL_FILE
 
 
+def train_classifier(params: Params, manifest: Manifest) -> tuple[keras.Model, EpochBackup]:
+    """The classifier with its head trained (call inside the strategy's scope)."""
+    base = load_model(params.path("features") / BASE_FILE)
+    base.trainable = False
+    check_features(params, manifest, base)
+    layers = head_layers(len(manifest.classes), params.head.dropout)
+    model = assemble_classifier(base, layers)
+    if params.augment.enabled:
+        backup = train_augmented(params, model, manifest)
+    else:
+        splits = (params.data.train_split, params.data.validation_split)
+        backup = train_head(params, layers, len(manifest.classes), splits)
+    compile_model(model, len(manifest.classes), params.transfer.learning_rate)
+    return model, backup
+
+
+def transfer_backup(params: Params, train: tf.data.Dataset) -> EpochBackup:
+    """Per-epoch backup of this run (resumed after a crash, discarded if params/inputs changed)."""
+    inputs = {"features": recorded_key(params.path("features") / INFO_FILE)}
+    fingerprint = run_fingerprint(params, "transfer", SECTIONS, inputs)
+    return EpochBackup(params.path("checkpoints") / "transfer", "transfer", fingerprint, train,
+                       (0, params.transfer.epochs))
+
+
 def train_head(params: Params, layers: list[keras.layers.Layer], num_classes: int,
-               splits: tuple[str, str]) -> keras.callbacks.History:
+               splits: tuple[str, str]) -> EpochBackup:
     x_train, y_train = load_features(params.path("features"), splits[0])
     x_val, y_val = load_features(params.path("features"), splits[1])
+    logger.info("transfer: training the head on cached features (%d + %d images, %d dims)",
+                len(y_train), len(y_val), x_train.shape[1])
     head = head_model(x_train.shape[1], layers)
     compile_model(head, num_classes, params.transfer.learning_rate)
     batch = params.train.batch_size
     train_data = feature_dataset(x_train, y_train, batch, seed=params.train.seed)
     val_data = feature_dataset(x_val, y_val, batch, seed=None)
-    epochs = params.transfer.epochs
-    return head.fit(train_data, validation_data=val_data, epochs=epochs, verbose=0,
-                    callbacks=[EpochLogger("transfer", epochs)])
+    backup = transfer_backup(params, train_data)
+    fit_resumable(head, train_data, val_data, backup)
+    return backup
+
+
+def train_augmented(params: Params, model: keras.Model, manifest: Manifest) -> EpochBackup:
+    """The whole classifier (base frozen) on augmented images: no cache can hold them."""
+    logger.warning("transfer: augmentation is on (%s): the cached features are BYPASSED; every "
+                   "epoch runs the frozen base on augmented images (much slower)",
+                   describe(params.augment))
+    training = with_augmentation(model, params.augment, params.train.seed)
+    compile_model(training, len(manifest.classes), params.transfer.learning_rate)
+    batch = params.train.batch_size
+    train = image_dataset(manifest, params.data.train_split, batch,
+                          shuffle_seed=params.train.seed)
+    validation = image_dataset(manifest, params.data.validation_split, batch)
+    backup = transfer_backup(params, train)
+    fit_resumable(training, train, validation, backup)
+    return backup
 
 
 def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int,

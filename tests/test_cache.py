@@ -1,0 +1,323 @@
+"""The frozen caches are exact and invalidated: features (transfer) and frozen prefix (finetune).
+
+A random MobileNetV2 (``weights=None``) has near-zero activations (~1e-11 after 16 blocks), which
+would make "same result" trivially true; the base here gets data-calibrated BatchNorm statistics
+instead and is passed to the pipeline as a weights file (which also lets a test rewrite it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO, make_dataset, tiny_params
+from warmstart.augment import augmentation_layers, with_augmentation
+from warmstart.cachekey import StaleCacheError
+from warmstart.dataset import Manifest, image_dataset
+from warmstart.featurecache import BASE_FILE, check_features
+from warmstart.model import find_base, load_model, unfreeze_from
+from warmstart.params import Params, load_params
+from warmstart.prefix import boundary_names, prefix_model, top_model
+from warmstart.prefixcache import check_prefix
+from warmstart.stages.features import run_features
+from warmstart.stages.finetune import run_finetune
+from warmstart.stages.ingest import run_ingest
+from warmstart.stages.preprocess import run_preprocess
+from warmstart.stages.transfer import MODEL_FILE, run_transfer, train_head
+from warmstart.stages.validate import propose_schema, run_validate, write_schema
+from warmstart.training import seed_everything
+
+SIZE = 32
+
+
+def calibrated_base(seed: int = 0) -> keras.Model:
+    """MobileNetV2 0.35 with random kernels and BatchNorm statistics of one random batch."""
+    keras.utils.set_random_seed(seed)
+    base = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), include_top=False,
+                                          alpha=0.35, weights=None)
+    norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0  # one training-mode call stores that batch's statistics
+    base(np.random.default_rng(seed).uniform(-1, 1, (16, SIZE, SIZE, 3)).astype("float32"),
+         training=True)
+    for layer in norms:
+        layer.momentum = 0.99
+    return base
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Params:
+    """features -> transfer -> prefix -> finetune on tiny images; float32 cache, no dropout."""
+    root = tmp_path_factory.mktemp("cache")
+    weights = root / "base.weights.h5"
+    calibrated_base().save_weights(weights)
+    raw = tiny_params(make_dataset(root / "src"), base={"weights": str(weights)},
+                      head={"dropout": 0.0}, finetune={"cache_dtype": "float32"},
+                      validate={"skew_jsd": None, "skew_linf": None})  # not under test here
+    work = root / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(work / "params.yaml")
+    run_ingest(params)
+    write_schema(params.path("schema"), propose_schema(params))
+    for stage in (run_validate, run_preprocess, run_features, run_transfer, run_finetune):
+        stage(params)
+    return params
+
+
+def images_of(params: Params, split: str) -> tuple[np.ndarray, np.ndarray]:
+    manifest = Manifest.read(params.path("processed"))
+    batches = list(image_dataset(manifest, split, batch_size=1000, cache=False))
+    return batches[0][0].numpy(), batches[0][1].numpy()
+
+
+def with_params(params: Params, section: str, **values) -> Params:
+    raw = yaml.safe_load((params.root / "params.yaml").read_text())
+    raw[section].update(values)
+    (params.root / "params.yaml").write_text(yaml.safe_dump(raw))
+    return load_params(params.root / "params.yaml")
+
+
+# ---- the cut -------------------------------------------------------------------------------
+
+def test_boundary_at_layer_100_crosses_the_residual_add() -> None:
+    base = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), include_top=False,
+                                          alpha=0.35, weights=None)
+    assert base.layers[100].name == "block_11_expand_relu"
+    assert boundary_names(base, 100) == ["block_10_project_BN", "block_11_expand_BN"]
+    assert boundary_names(base, 0) == boundary_names(base, 1) == [base.layers[0].name]
+    assert boundary_names(base, 153) == ["Conv_1_bn"]
+
+
+@pytest.mark.parametrize("cut", [0, 30, 100, 117, 153])
+def test_prefix_then_top_computes_the_classifier(run: Params, cut: int) -> None:
+    model = load_model(run.path("transfer_model") / MODEL_FILE)
+    images, _ = images_of(run, "validation")
+    full = model.predict(images, verbose=0)
+    split = top_model(model, cut).predict(prefix_model(find_base(model), cut).predict(
+        images, verbose=0), verbose=0)
+    assert full.std() > 1e-3, "degenerate model: the comparison would prove nothing"
+    np.testing.assert_allclose(split, full, atol=1e-5)
+
+
+def test_one_step_on_the_prefix_equals_one_step_on_the_full_model(run: Params) -> None:
+    models = [load_model(run.path("transfer_model") / MODEL_FILE) for _ in range(2)]
+    for model in models:
+        unfreeze_from(find_base(model), 100)
+    full, cached = models[0], top_model(models[1], 100)
+    images, labels = images_of(run, "train")
+    activations = prefix_model(find_base(models[1]), 100).predict(images, verbose=0)
+    before = [w.numpy().copy() for w in full.weights]
+    for model in (full, cached):
+        model.compile(optimizer=keras.optimizers.RMSprop(1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy()
+                      if full.output_shape[-1] > 1 else keras.losses.BinaryCrossentropy())
+    loss_full = full.train_on_batch(images, labels)
+    loss_cached = cached.train_on_batch(activations, labels)
+    assert loss_cached == pytest.approx(loss_full, rel=1e-5)
+    after = [[w.numpy() for w in m.weights] for m in models]
+    changed = [not np.array_equal(a, b) for a, b in zip(before, after[0], strict=True)]
+    assert sum(changed) == len(full.trainable_weights) > 0  # BatchNorm statistics untouched
+    for a, b in zip(*after, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_finetune_stage_equals_training_the_whole_classifier(run: Params) -> None:
+    """The stage (cached prefix) vs fit() of the whole model on the images, same order."""
+    seed_everything(run.train.seed)
+    model = load_model(run.path("transfer_model") / MODEL_FILE)
+    unfreeze_from(find_base(model), run.finetune.fine_tune_at)
+    model.compile(optimizer=keras.optimizers.RMSprop(run.finetune.learning_rate),
+                  loss=keras.losses.BinaryCrossentropy())
+    manifest = Manifest.read(run.path("processed"))
+    model.fit(image_dataset(manifest, "train", run.train.batch_size,
+                            shuffle_seed=run.train.seed), epochs=run.finetune.epochs, verbose=0)
+    stage = load_model(run.path("finetune_model") / MODEL_FILE)
+    transfer = load_model(run.path("transfer_model") / MODEL_FILE)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(stage.get_weights(), transfer.get_weights(), strict=True))
+    for a, b in zip(stage.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_transfer_model_equals_end_to_end_training_from_the_same_head(run: Params) -> None:
+    """train_head on cached features vs fit() of base + head on images, from equal head weights."""
+    manifest = Manifest.read(run.path("processed"))
+    seed_everything(run.train.seed)
+    transfer = load_model(run.path("transfer_model") / MODEL_FILE)
+    cached_head = [transfer.get_layer("head_dropout"), transfer.get_layer("head_dense")]
+    end_to_end = keras.models.clone_model(transfer)
+    end_to_end.set_weights(transfer.get_weights())
+    start = [w.copy() for w in cached_head[1].get_weights()]
+    seed_everything(run.train.seed)
+    train_head(run, cached_head, len(manifest.classes), ("train", "validation"))
+    find_base(end_to_end).trainable = False
+    end_to_end.compile(optimizer=keras.optimizers.RMSprop(run.transfer.learning_rate),
+                       loss=keras.losses.BinaryCrossentropy())
+    seed_everything(run.train.seed)
+    end_to_end.fit(image_dataset(manifest, "train", run.train.batch_size,
+                                 shuffle_seed=run.train.seed), epochs=run.transfer.epochs,
+                   verbose=0)
+    assert not np.allclose(start[0], cached_head[1].get_weights()[0])
+    images, _ = images_of(run, "validation")
+    expected = end_to_end.predict(images, verbose=0)
+    assert expected.std() > 1e-3
+    np.testing.assert_allclose(transfer.predict(images, verbose=0), expected, atol=1e-5)
+
+
+# ---- invalidation ---------------------------------------------------------------------------
+
+@pytest.fixture
+def copy_of_run(run: Params, tmp_path: Path) -> Params:
+    work = tmp_path / "work"
+    shutil.copytree(run.root, work)
+    weights = tmp_path / "base.weights.h5"
+    shutil.copy(run.base.weights_path(run.root), weights)
+    raw = yaml.safe_load((work / "params.yaml").read_text())
+    raw["base"]["weights"] = str(weights)
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    return load_params(work / "params.yaml")
+
+
+def checks(params: Params) -> None:
+    manifest = Manifest.read(params.path("processed"))
+    check_features(params, manifest, load_model(params.path("features") / BASE_FILE))
+    check_prefix(params, manifest, find_base(load_model(params.path("transfer_model")
+                                                        / MODEL_FILE)))
+
+
+def test_caches_match_the_run_that_made_them(copy_of_run: Params) -> None:
+    checks(copy_of_run)
+
+
+def test_changed_data_invalidates_both_caches(copy_of_run: Params) -> None:
+    shard = Manifest.read(copy_of_run.path("processed")).shard_paths("train")[0]
+    data = bytearray(Path(shard).read_bytes())
+    data[-40] ^= 0xFF
+    Path(shard).write_bytes(bytes(data))
+    with pytest.raises(StaleCacheError, match="data: cached"):
+        checks(copy_of_run)
+
+
+def test_weights_file_rewritten_in_place_invalidates_the_features(copy_of_run: Params) -> None:
+    calibrated_base(seed=1).save_weights(copy_of_run.base.weights_path(copy_of_run.root))
+    with pytest.raises(StaleCacheError, match="weights_sha256"):
+        checks(copy_of_run)
+
+
+def test_changed_base_alpha_invalidates_the_features(copy_of_run: Params) -> None:
+    with pytest.raises(StaleCacheError, match="alpha"):
+        checks(with_params(copy_of_run, "base", alpha=0.5))
+
+
+@pytest.mark.parametrize(("key", "value", "part"), [("fine_tune_at", 90, "fine_tune_at"),
+                                                   ("cache_dtype", "float16", "dtype")])
+def test_changed_cut_or_dtype_invalidates_the_prefix(copy_of_run: Params, key: str, value,
+                                                     part: str) -> None:
+    params = with_params(copy_of_run, "finetune", **{key: value})
+    with pytest.raises(StaleCacheError, match=part):
+        checks(params)
+    with pytest.raises(StaleCacheError):
+        run_finetune(params)
+
+
+def test_other_frozen_weights_invalidate_the_prefix(copy_of_run: Params) -> None:
+    model = load_model(copy_of_run.path("transfer_model") / MODEL_FILE)
+    layer = find_base(model).get_layer("block_3_expand")
+    layer.set_weights([w * 1.01 for w in layer.get_weights()])
+    manifest = Manifest.read(copy_of_run.path("processed"))
+    with pytest.raises(StaleCacheError, match="frozen_weights"):
+        check_prefix(copy_of_run, manifest, find_base(model))
+
+
+# ---- augmentation ---------------------------------------------------------------------------
+
+def test_augmentation_bypasses_the_caches_and_says_so(copy_of_run: Params,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    params = with_params(copy_of_run, "augment", flip="horizontal", rotation=0.1, zoom=0.1)
+    shutil.rmtree(params.path("prefix"))  # not needed while augmenting
+    with caplog.at_level(logging.WARNING):
+        run_transfer(params)
+        run_finetune(params)
+    bypassed = [r.getMessage() for r in caplog.records if "BYPASSED" in r.getMessage()]
+    assert len(bypassed) == 2 and "flip=horizontal" in bypassed[0]
+    model = load_model(params.path("finetune_model") / MODEL_FILE)
+    assert not any(layer.name.startswith("augment") for layer in model.layers)
+    training = with_augmentation(model, params.augment, seed=1)
+    images, _ = images_of(params, "validation")
+    np.testing.assert_allclose(training(images, training=False), model(images), atol=1e-6)
+    augment_only = keras.Sequential(augmentation_layers(params.augment, seed=1))
+    assert not np.allclose(augment_only(images, training=True), images, atol=1.0)
+    np.testing.assert_allclose(augment_only(images, training=False), images)
+
+
+def test_cache_info_records_boundary_and_size(run: Params) -> None:
+    info = json.loads((run.path("prefix") / "prefix.json").read_text())
+    assert info["boundary"] == ["block_10_project_BN", "block_11_expand_BN"]
+    assert info["dtype"] == "float32" and info["splits"]["train"]["count"] == 24
+    assert info["splits"]["train"]["bytes"] == 24 * 2 * 2 * (32 + 192) * 4
+
+
+# ---- invalidation through DVC ---------------------------------------------------------------
+
+def dvc(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{(done.stdout + done.stderr)[-4000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_dvc_reruns_the_caching_stages_on_any_relevant_change(tmp_path: Path) -> None:
+    """`dvc status` after changing data, base, weights, image size or fine_tune_at."""
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(REPO / "dvc.yaml", work)
+    shutil.copytree(REPO / "warmstart", work / "warmstart",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "schema", work / "schema")
+    weights = work / "weights" / "base.weights.h5"
+    weights.parent.mkdir()
+    calibrated_base().save_weights(weights)
+    source = make_dataset(tmp_path / "source")
+    raw = tiny_params(source, base={"weights": "weights/base.weights.h5"},
+                      validate={"skew_jsd": None, "skew_linf": None})
+    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "prefix"]):
+        dvc(cmd, work)
+    assert "up to date" in dvc(["dvc", "status", "--with-deps", "prefix"], work)
+
+    def changed(section: str, key: str, value) -> set[str]:
+        edited = yaml.safe_load((work / "params.yaml").read_text())
+        edited[section][key] = value
+        (work / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        status = dvc(["dvc", "status", "--with-deps", "prefix"], work)
+        (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        return {line.rstrip(":").strip() for line in status.splitlines()
+                if line.endswith(":") and not line.startswith("\t")}
+
+    assert changed("finetune", "fine_tune_at", 90) == {"prefix"}
+    assert changed("finetune", "cache_dtype", "float32") == {"prefix"}
+    assert changed("base", "alpha", 0.5) == {"features"}
+    assert changed("base", "weights", "none") == {"features"}
+    assert changed("preprocess", "image_size", 48) == {"preprocess"}
+    assert changed("data", "source", str(make_dataset(tmp_path / "other",
+                                                      per_class={"train": 13,
+                                                                 "validation": 6}))) == {"ingest"}
+    # a weights file rewritten in place: DVC cannot see it (a param, not a dep); the cache key can
+    calibrated_base(seed=1).save_weights(weights)
+    params = load_params(work / "params.yaml")
+    manifest = Manifest.read(params.path("processed"))
+    with pytest.raises(StaleCacheError, match="weights_sha256"):
+        check_features(params, manifest, load_model(params.path("features") / BASE_FILE))

@@ -1,0 +1,37 @@
+"""Same params, same seed: identical metrics files and identical model weights on CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tests.test_stages import prepare
+from warmstart.model import load_model
+from warmstart.stages.evaluate import run_evaluate
+from warmstart.stages.features import run_features
+from warmstart.stages.finetune import run_finetune
+from warmstart.stages.transfer import MODEL_FILE, run_transfer
+
+METRICS = ("transfer_metrics", "finetune_metrics", "evaluate_metrics", "transfer_history",
+           "finetune_history")
+
+
+def train_once(params) -> tuple[dict[str, bytes], list[np.ndarray]]:
+    for stage in (run_features, run_transfer, run_finetune, run_evaluate):
+        stage(params)
+    files = {key: params.path(key).read_bytes() for key in METRICS}
+    weights = load_model(params.path("finetune_model") / MODEL_FILE).get_weights()
+    return files, weights
+
+
+def test_two_runs_give_identical_metrics_and_weights(workspace: Callable[..., Path],
+                                                     dataset: Path) -> None:
+    params = prepare(workspace(dataset))
+    first_files, first_weights = train_once(params)
+    second_files, second_weights = train_once(params)
+    assert first_files == second_files
+    assert len(first_weights) == len(second_weights)
+    for a, b in zip(first_weights, second_weights, strict=True):
+        assert a.tobytes() == b.tobytes()

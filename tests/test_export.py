@@ -1,0 +1,203 @@
+"""Stages export and model_card on a tiny trained binary model; parity computed and asserted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from tests.conftest import make_dataset, tiny_params
+from warmstart.atomic import write_json
+from warmstart.cli import STAGES, main, stage_function
+from warmstart.dataset import MANIFEST_FILE, serialize_example, shard_name
+from warmstart.imaging import load_image
+from warmstart.model import load_model
+from warmstart.params import ExportParams, Params, ParamsError, load_params
+from warmstart.stages import export
+from warmstart.stages.export import ExportParityError, parity_problems, run_export
+from warmstart.stages.model_card import data_version, run_model_card, tree_digest
+from warmstart.stages.transfer import MODEL_FILE
+
+
+def processed_project(root: Path, classes: tuple[str, ...], **overrides: dict) -> Path:
+    """A project holding raw data and processed shards as ingest + preprocess write them.
+
+    (Validation is left out: its own tests cover it, and it is slow with TFDV.)
+    """
+
+    def write_split(split: str, files: list[Path], labels: list[int]) -> list[str]:
+        name = shard_name(split, 0, 1)
+        with tf.io.TFRecordWriter(str(params.path("processed") / name)) as writer:
+            for file, label in zip(files, labels, strict=True):
+                pixels = load_image(tf.constant(str(file)), size).numpy()
+                writer.write(serialize_example(pixels, label, str(file)))
+        return [name]
+
+    source = make_dataset(root / "src", classes=classes)
+    work = root / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(source, **overrides)))
+    params = load_params(work / "params.yaml")
+    shutil.copytree(source, params.path("raw"))
+    names, size = sorted(classes), params.preprocess.image_size
+    splits = {}
+    params.path("processed").mkdir(parents=True)
+    for split in (params.data.train_split, params.data.validation_split):
+        files = sorted((params.path("raw") / split).glob("*/*.jpg"))
+        labels = [names.index(f.parent.name) for f in files]
+        splits[split] = {"count": len(files), "shards": write_split(split, files, labels)}
+    write_json(params.path("processed") / MANIFEST_FILE,
+               {"classes": names, "image_size": size, "splits": splits})
+    return work
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Params:
+    """A whole tiny binary run (sigmoid head) up to export and the model card."""
+    work = processed_project(tmp_path_factory.mktemp("export"), ("cats", "dogs"))
+    params = load_params(work / "params.yaml")
+    names = list(STAGES)  # the pipeline's stage order, whatever stages it has
+    for name in names[names.index("features"):names.index("model_card") + 1]:
+        stage_function(name)(params)
+    return params
+
+
+def export_metrics(params: Params) -> dict:
+    return json.loads(params.path("export_metrics").read_text())
+
+
+def test_export_writes_every_artefact_with_its_size(exported: Params) -> None:
+    folder = exported.path("export_model")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "classes.json", "model.keras", "model_float32.tflite", "model_int8.tflite",
+        "saved_model"]
+    assert (folder / "model.keras").read_bytes() == (
+        exported.path("finetune_model") / MODEL_FILE).read_bytes()
+    assert json.loads((folder / "classes.json").read_text()) == {
+        "classes": ["cats", "dogs"], "image_size": 32, "threshold": 0.5}
+    assert (folder / "saved_model" / "assets.extra" / "classes.json").is_file()
+    artefacts = export_metrics(exported)["artefacts"]
+    for name, file in (("keras", "model.keras"), ("tflite_float32", "model_float32.tflite"),
+                       ("tflite_int8", "model_int8.tflite")):
+        assert artefacts[name]["bytes"] == (folder / file).stat().st_size
+    saved = sum(p.stat().st_size for p in (folder / "saved_model").rglob("*") if p.is_file())
+    assert artefacts["saved_model"]["bytes"] == saved
+    # Dynamic-range quantisation stores the weights as int8: about a quarter of float32.
+    assert artefacts["tflite_int8"]["bytes"] < 0.5 * artefacts["tflite_float32"]["bytes"]
+
+
+def test_parity_is_computed_and_within_bounds(exported: Params) -> None:
+    results = export_metrics(exported)
+    assert results["passed"] is True and results["problems"] == []
+    assert results["validation_images"] == 12
+    artefacts = results["artefacts"]
+    assert set(artefacts) == {"keras", "saved_model", "saved_model_uint8", "tflite_float32",
+                              "tflite_int8"}
+    assert "top1_agreement" not in artefacts["keras"]  # the reference
+    for name in ("saved_model", "saved_model_uint8", "tflite_float32"):
+        assert artefacts[name]["max_abs_diff"] <= exported.export.float32_tolerance, name
+        assert artefacts[name]["top1_agreement"] == 1.0, name
+    assert artefacts["tflite_int8"]["top1_agreement"] >= 0.995
+
+
+def test_raw_image_endpoints_resize_like_training(exported: Params) -> None:
+    """serve_uint8 / serve_encoded take images of any size and match Keras on load_image."""
+    model = load_model(exported.path("finetune_model") / MODEL_FILE)
+    loaded = tf.saved_model.load(str(exported.path("export_model") / "saved_model"))
+    for path in sorted((exported.path("raw") / "validation").glob("*/*.jpg"))[::4]:
+        expected = model.predict_on_batch(
+            tf.cast(load_image(tf.constant(str(path)), 32), tf.float32)[None].numpy())
+        raw = tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3)
+        assert raw.shape[0] != 32  # really resized inside
+        np.testing.assert_allclose(loaded.serve_uint8(raw[None]).numpy(), expected, atol=1e-6)
+        encoded = tf.io.read_file(str(path))[None]
+        np.testing.assert_allclose(loaded.serve_encoded(encoded).numpy(), expected, atol=1e-6)
+
+
+def test_parity_violation_fails_and_keeps_the_previous_export(
+        exported: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = exported.path("export_model")
+    before = sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    good = export_metrics(exported)
+    monkeypatch.setattr(export, "compare", lambda reference, candidate, threshold: {
+        "top1_agreement": 0.5, "disagreements": 6, "max_abs_diff": 0.4})
+    try:
+        with pytest.raises(ExportParityError) as failure:
+            run_export(exported)
+        message = str(failure.value)
+        assert "tflite_int8: top-1 agreement 0.5000 < export.int8_min_agreement" in message
+        assert "tflite_float32: max |probability difference| 0.4" in message
+        assert sorted((p.relative_to(folder), p.stat().st_mtime_ns)
+                      for p in folder.rglob("*")) == before
+        assert export_metrics(exported)["passed"] is False
+    finally:
+        write_json(exported.path("export_metrics"), good)
+
+
+def test_parity_problems_name_each_artefact_and_bound() -> None:
+    limits = ExportParams(float32_tolerance=1e-4, int8_min_agreement=0.995)
+    results = {"artefacts": {
+        "keras": {"bytes": 1},
+        "saved_model": {"top1_agreement": 1.0, "max_abs_diff": 2e-4},
+        "tflite_float32": {"top1_agreement": 1.0, "max_abs_diff": 1e-4},
+        "tflite_int8": {"top1_agreement": 0.99, "max_abs_diff": 0.3}}}
+    assert parity_problems(results, limits) == [
+        "saved_model: max |probability difference| 0.0002 > export.float32_tolerance 0.0001",
+        "tflite_int8: top-1 agreement 0.9900 < export.int8_min_agreement 0.995"]
+
+
+def test_predict_command_on_the_export_folder(exported: Params,
+                                              capsys: pytest.CaptureFixture) -> None:
+    images = exported.path("raw") / "validation"
+    for model in ("", "model_int8.tflite"):
+        code = main(["predict", str(exported.path("export_model") / model), str(images),
+                     "--format", "json", "--top-k", "1"])
+        report = json.loads(capsys.readouterr().out)
+        assert code == 0 and report["errors"] == [] and len(report["predictions"]) == 12
+        assert {p["prediction"] for p in report["predictions"]} <= {"cats", "dogs"}
+        assert all(len(p["top_k"]) == 1 for p in report["predictions"])
+
+
+def test_model_card_states_version_params_metrics_and_sizes(exported: Params) -> None:
+    card = exported.path("model_card").read_text()
+    digest = tree_digest(exported.path("raw"))["sha256"]
+    assert f"`{digest}` (sha256, computed" in card and "36 files" in card
+    assert "Classes (2): cats, dogs" in card and "train 24, validation 12" in card
+    evaluation = json.loads(exported.path("evaluate_metrics").read_text())
+    accuracy = f"| accuracy | {evaluation['transfer']['accuracy']:.4g} | " \
+               f"{evaluation['finetune']['accuracy']:.4g} |"
+    assert accuracy in card
+    sizes = export_metrics(exported)["artefacts"]
+    assert f"| tflite_int8 | {sizes['tflite_int8']['bytes']} |" in card
+    assert "fine_tune_at: 100" in card and "min_accuracy: 0.0" in card
+    assert "uv run --frozen dvc repro" in card
+    assert "Validation findings: no validation report found" in card
+    run_model_card(exported)
+    assert exported.path("model_card").read_text() == card  # deterministic
+
+
+def test_data_version_comes_from_dvc_lock_when_present(exported: Params,
+                                                       tmp_path: Path) -> None:
+    lock = {"schema": "2.0", "stages": {"ingest": {"outs": [
+        {"path": "data/raw", "hash": "md5", "md5": "0123abcd.dir", "size": 99, "nfiles": 3}]}}}
+    shutil.copy(exported.root / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    version = data_version(load_params(tmp_path / "params.yaml"))
+    assert version == {"source": "dvc.lock", "md5": "0123abcd.dir", "files": 3, "bytes": 99}
+
+
+@pytest.mark.parametrize(("values", "key"), [
+    ({"float32_tolerance": 0.0}, "export.float32_tolerance"),
+    ({"int8_min_agreement": 1.5}, "export.int8_min_agreement"),
+    ({"int8": "yes"}, "export.int8"),
+])
+def test_export_params_are_checked(tmp_path: Path, dataset: Path, values: dict,
+                                   key: str) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(dataset, export=values)))
+    with pytest.raises(ParamsError, match=key):
+        load_params(tmp_path / "params.yaml")

@@ -1,0 +1,68 @@
+"""Cache keys: what a cached tensor file was computed from, checked before it is used.
+
+DVC re-runs a caching stage when its deps or params change (data, base params, image size,
+``fine_tune_at``). The key adds what DVC cannot see — e.g. a weights file rewritten in place under
+the same path — and guards against a cache and a model that do not belong together: the consumer
+recomputes the key from what it is about to train and refuses a cache whose key differs, naming
+the parts that changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from warmstart.dataset import MANIFEST_FILE, Manifest
+from warmstart.errors import WarmstartError
+from warmstart.hashing import sha256_of
+
+#: Bump when the layout of a cache changes, so older caches are refused.
+FORMAT_VERSION = 1
+
+
+class StaleCacheError(WarmstartError):
+    """A cache was computed from other data, weights, image size or cut than the current run."""
+
+
+def data_digest(manifest: Manifest) -> str:
+    """sha256 over the manifest and every shard: any change of the processed data changes it."""
+    digest = hashlib.sha256((manifest.folder / MANIFEST_FILE).read_bytes())
+    for split in sorted(manifest.splits):
+        for path in manifest.shard_paths(split):
+            digest.update(sha256_of(Path(path)).encode())
+    return digest.hexdigest()
+
+
+def weights_digest(layers: list[keras.layers.Layer]) -> str:
+    """sha256 over every weight (trainable or not: BatchNorm statistics too) of ``layers``."""
+    digest = hashlib.sha256()
+    for layer in layers:
+        for weight in layer.weights:
+            value = keras.ops.convert_to_numpy(weight)
+            digest.update(f"{layer.name}/{weight.name}:{value.dtype}:{value.shape}".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def make_key(parts: dict[str, Any]) -> dict[str, Any]:
+    """``{"parts": ..., "key": sha256}`` for a cache's info file."""
+    parts = {"format": FORMAT_VERSION, **parts}
+    text = json.dumps(parts, sort_keys=True)
+    return {"parts": parts, "key": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def check_key(recorded: dict[str, Any], expected: dict[str, Any], cache: Path, fix: str) -> None:
+    """Raise StaleCacheError naming every part of ``recorded`` that differs from ``expected``."""
+    wanted = make_key(expected)
+    if recorded.get("key") == wanted["key"]:
+        return
+    old = recorded.get("parts", {})
+    changed = sorted(k for k in set(old) | set(wanted["parts"])
+                     if old.get(k) != wanted["parts"].get(k))
+    details = "; ".join(f"{k}: cached {old.get(k)!r}, now {wanted['parts'].get(k)!r}"
+                        for k in changed)
+    raise StaleCacheError(f"The cache in {cache} is stale ({details}). {fix}")

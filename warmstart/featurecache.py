@@ -1,0 +1,47 @@
+"""The transfer cache: pooled features of the frozen base, stored once per image.
+
+Written by the ``features`` stage into ``paths.features``: ``base.keras`` (the exact base the
+features came from: the transfer stage builds its classifier on it), ``<split>.npz`` (pooled
+``features``, ``labels``) and ``features.json`` (counts, timings and the cache key: data, image
+size, alpha, weights file hash, base weights). The key also catches a weights file rewritten in
+place under the same path, which DVC cannot see; the transfer stage refuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from warmstart.cachekey import check_key, data_digest, weights_digest
+from warmstart.dataset import Manifest
+from warmstart.hashing import sha256_of
+from warmstart.params import Params
+
+BASE_FILE = "base.keras"
+INFO_FILE = "features.json"
+
+
+def features_key(params: Params, manifest: Manifest, base: keras.Model) -> dict:
+    """What the features depend on: data, image size, base variant, weights file and values."""
+    path = params.base.weights_path(params.root)
+    return {"data": data_digest(manifest), "image_size": manifest.image_size,
+            "alpha": params.base.alpha, "weights": "file" if path else params.base.weights,
+            "weights_sha256": sha256_of(path) if path else None,
+            "base_weights": weights_digest(base.layers)}
+
+
+def check_features(params: Params, manifest: Manifest, base: keras.Model) -> None:
+    """Refuse cached features that were not computed from this data, base and weights."""
+    folder = params.path("features")
+    recorded = json.loads((folder / INFO_FILE).read_text())
+    check_key(recorded, features_key(params, manifest, base), folder,
+              "Re-run the features stage: `dvc repro --force features` (or `dvc repro` after "
+              "changing data or params).")
+
+
+def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(folder / f"{split}.npz") as data:
+        return data["features"], data["labels"]

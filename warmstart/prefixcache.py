@@ -1,0 +1,64 @@
+"""The fine-tune prefix cache: the frozen layers' boundary tensors, stored once per image.
+
+While fine-tuning, base layers before ``finetune.fine_tune_at`` are frozen and BatchNorm runs in
+inference mode, so they compute the same activations every epoch. The ``features`` stage stores,
+once per image, every tensor that crosses from the frozen layers into the trainable ones (the
+*boundary*, see ``warmstart/prefix.py``) as ``finetune.cache_dtype`` in ``paths.prefix``:
+``<split>.npz`` (``boundary_<i>`` arrays and ``labels``) and ``prefix.json`` (boundary layers,
+sizes, timings and the cache key: data, image size, ``fine_tune_at``, the frozen layers' weights,
+dtype). The finetune stage checks the key against the transfer model it trains.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from warmstart.cachekey import check_key, data_digest, weights_digest
+from warmstart.dataset import Manifest
+from warmstart.params import Params
+from warmstart.prefix import boundary_names
+
+INFO_FILE = "prefix.json"
+
+
+def prefix_key(params: Params, manifest: Manifest, base: keras.Model) -> dict:
+    """What the cached activations depend on; ``base`` is any base holding the frozen weights."""
+    at = params.finetune.fine_tune_at
+    return {"data": data_digest(manifest), "image_size": manifest.image_size,
+            "fine_tune_at": at, "boundary": boundary_names(base, at),
+            "frozen_weights": weights_digest(base.layers[:max(at, 1)]),
+            "dtype": params.finetune.cache_dtype}
+
+
+def check_prefix(params: Params, manifest: Manifest, base: keras.Model) -> None:
+    """Refuse a prefix cache not computed from this data, cut and these frozen weights."""
+    folder = params.path("prefix")
+    recorded = json.loads((folder / INFO_FILE).read_text())
+    check_key(recorded, prefix_key(params, manifest, base), folder,
+              "Re-run the features stage: `dvc repro --force features` (or `dvc repro` after "
+              "changing data or params).")
+
+
+def save_prefix(folder: Path, split: str, arrays: list[np.ndarray], labels: np.ndarray) -> None:
+    named = {f"boundary_{i}": array for i, array in enumerate(arrays)}
+    np.savez(folder / f"{split}.npz", labels=labels, **named)
+
+
+def prefix_dataset(folder: Path, split: str, batch_size: int,
+                   seed: int | None) -> tf.data.Dataset:
+    """Batches of ((boundary tensors as float32), label), shuffled per epoch when seeded."""
+    with np.load(folder / f"{split}.npz") as data:
+        names = sorted((k for k in data.files if k.startswith("boundary_")),
+                       key=lambda k: int(k.split("_")[1]))
+        arrays, labels = tuple(data[k] for k in names), data["labels"]
+    data = tf.data.Dataset.from_tensor_slices((arrays, labels))
+    if seed is not None:
+        data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    cast = lambda x, y: (tuple(tf.cast(t, tf.float32) for t in x), y)  # noqa: E731
+    return data.batch(batch_size).map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)

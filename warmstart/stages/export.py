@@ -1,0 +1,214 @@
+"""Stage `export`: the fine-tuned model in deployable formats, each checked against Keras.
+
+Writes the folder ``paths.export_model``:
+
+- ``model.keras`` — the fine-tuned model, byte for byte;
+- ``saved_model/`` — a TF SavedModel (Keras ``ExportArchive``, what ``model.export()`` uses) with
+  endpoints ``serve`` (float32 0-255 pixels at the training size; also ``serving_default``),
+  ``serve_uint8`` (uint8 images of ANY size, one size per batch) and ``serve_encoded``
+  (JPEG/PNG/GIF/BMP bytes); both resize inside with the training's own
+  :func:`warmstart.imaging.resize_uint8` (and decode with ``decode_rgb``);
+  ``assets.extra/classes.json`` makes the folder self-contained;
+- ``model_float32.tflite`` and, with ``export.int8``, ``model_int8.tflite`` (dynamic-range
+  quantised weights);
+- ``classes.json`` — class names, image size and decision threshold (``warmstart predict``).
+
+Parity: every artefact predicts the whole validation split through the loaders
+``warmstart predict`` uses, and is compared with the Keras model: top-1 agreement and the largest
+absolute probability difference. Float32 artefacts must stay within ``export.float32_tolerance``,
+the int8 model must agree on at least ``export.int8_min_agreement`` of the images. The figures
+and each artefact's size go to ``paths.export_metrics``; a violation fails the stage and leaves
+the previous export in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from warmstart.atomic import atomic_dir, atomic_path, write_json
+from warmstart.dataset import Manifest, image_dataset
+from warmstart.errors import WarmstartError
+from warmstart.imaging import decode_rgb, resize_uint8
+from warmstart.model import load_model
+from warmstart.params import ExportParams, Params
+from warmstart.predict import (
+    CLASSES_FILE,
+    KERAS_FILE,
+    SAVED_MODEL_DIR,
+    SAVED_MODEL_EXTRA,
+    SERVE_ENDPOINT,
+    SavedModelPredictor,
+    load_predictor,
+    write_labels,
+)
+from warmstart.stages.evaluate import class_probabilities, predict_labels
+from warmstart.stages.transfer import MODEL_FILE
+
+logger = logging.getLogger(__name__)
+
+TFLITE_FLOAT32 = "model_float32.tflite"
+TFLITE_INT8 = "model_int8.tflite"
+
+
+class ExportParityError(WarmstartError):
+    """An exported artefact does not predict what the Keras model predicts."""
+
+
+def run_export(params: Params) -> dict:
+    manifest = Manifest.read(params.path("processed"))
+    source = params.path("finetune_model") / MODEL_FILE
+    model = load_model(source)
+    with atomic_dir(params.path("export_model")) as staging:
+        write_artefacts(model, source, staging, manifest, params)
+        results = parity_report(staging, model, manifest, params)
+        results["problems"] = parity_problems(results, params.export)
+        results["passed"] = not results["problems"]
+        write_json(params.path("export_metrics"), results)
+        if results["problems"]:
+            raise ExportParityError(parity_message(results["problems"],
+                                                   params.path("export_metrics")))
+    logger.info("export: %s", {name: {k: v for k, v in art.items() if k != "file"}
+                               for name, art in results["artefacts"].items()})
+    return results
+
+
+def write_artefacts(model: keras.Model, source: Path, folder: Path, manifest: Manifest,
+                    params: Params) -> None:
+    shutil.copy2(source, folder / KERAS_FILE)
+    write_labels(folder / CLASSES_FILE, manifest.classes, manifest.image_size,
+                 params.evaluate.threshold)
+    export_saved_model(model, folder / SAVED_MODEL_DIR, manifest.image_size)
+    shutil.copy2(folder / CLASSES_FILE, folder / SAVED_MODEL_DIR / SAVED_MODEL_EXTRA)
+    write_tflite(folder / SAVED_MODEL_DIR, folder / TFLITE_FLOAT32, quantize=False)
+    if params.export.int8:
+        write_tflite(folder / SAVED_MODEL_DIR, folder / TFLITE_INT8, quantize=True)
+
+
+def export_saved_model(model: keras.Model, folder: Path, image_size: int) -> None:
+    """SavedModel with the float32 ``serve`` endpoint and two raw-image endpoints."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    pixels = tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="pixels")
+    archive.add_endpoint(SERVE_ENDPOINT, model.__call__, [pixels])
+
+    def serve_uint8(images: tf.Tensor) -> tf.Tensor:
+        return model(tf.cast(resize_uint8(images, image_size), tf.float32))
+
+    def serve_encoded(encoded: tf.Tensor) -> tf.Tensor:
+        images = tf.map_fn(lambda data: resize_uint8(decode_rgb(data), image_size), encoded,
+                           fn_output_signature=tf.TensorSpec((image_size, image_size, 3),
+                                                             tf.uint8))
+        return model(tf.cast(images, tf.float32))
+
+    archive.add_endpoint("serve_uint8", serve_uint8,
+                         [tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")])
+    archive.add_endpoint("serve_encoded", serve_encoded,
+                         [tf.TensorSpec((None,), tf.string, name="encoded")])
+    quiet_write(archive, folder)
+    (folder / SAVED_MODEL_EXTRA).mkdir(exist_ok=True)
+    logger.info("SavedModel %s: endpoints %s (serving_default = %s)", folder,
+                [SERVE_ENDPOINT, "serve_uint8", "serve_encoded"], SERVE_ENDPOINT)
+
+
+def quiet_write(archive: keras.export.ExportArchive, folder: Path) -> None:
+    """Write the archive without Keras printing every captured variable to stdout."""
+    interactive = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        archive.write_out(str(folder))
+    finally:
+        if interactive:
+            keras.config.enable_interactive_logging()
+
+
+def write_tflite(saved_model: Path, target: Path, quantize: bool) -> None:
+    """TFLite from the SavedModel's ``serve`` endpoint; dynamic-range int8 when ``quantize``."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model),
+                                                         signature_keys=[SERVE_ENDPOINT])
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    content = converter.convert()
+    with atomic_path(target, suffix=".tflite") as tmp:
+        tmp.write_bytes(content)
+
+
+def artefacts(folder: Path) -> dict[str, Path]:
+    """The exported artefacts present in ``folder``, by name."""
+    found = {"keras": folder / KERAS_FILE, "saved_model": folder / SAVED_MODEL_DIR,
+             "tflite_float32": folder / TFLITE_FLOAT32, "tflite_int8": folder / TFLITE_INT8}
+    return {name: path for name, path in found.items() if path.exists()}
+
+
+def size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def parity_report(folder: Path, model: keras.Model, manifest: Manifest, params: Params) -> dict:
+    """Per artefact: size, and agreement / max |prob diff| with the Keras model on validation."""
+    split = params.data.validation_split
+    reference = probabilities_of(lambda x: model.predict_on_batch(x), manifest, split, params)
+    threshold = params.evaluate.threshold
+    found = artefacts(folder)
+    report = {name: {"file": path.name, "bytes": size_of(path)} for name, path in found.items()}
+    runners: dict[str, Callable] = {name: load_predictor(path)
+                                    for name, path in found.items() if name != "keras"}
+    runners["saved_model_uint8"] = uint8_endpoint(found["saved_model"])
+    for name, runner in runners.items():
+        probabilities = probabilities_of(runner, manifest, split, params)
+        entry = report.setdefault(name, {"file": f"{SAVED_MODEL_DIR} (serve_uint8)"})
+        entry.update(compare(reference, probabilities, threshold))
+    return {"validation_images": int(len(reference)), "artefacts": report,
+            "thresholds": {"float32_tolerance": params.export.float32_tolerance,
+                           "int8_min_agreement": params.export.int8_min_agreement}}
+
+
+def uint8_endpoint(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The ``serve_uint8`` endpoint, fed the validation images as uint8 pixels."""
+    loaded = SavedModelPredictor(folder).loaded  # keep a reference: it owns the variables
+    return lambda pixels: loaded.serve_uint8(tf.constant(pixels.astype(np.uint8))).numpy()
+
+
+def probabilities_of(runner: Callable[[np.ndarray], np.ndarray], manifest: Manifest, split: str,
+                     params: Params) -> np.ndarray:
+    batches = image_dataset(manifest, split, params.train.batch_size, cache=False)
+    outputs = [np.asarray(runner(images.numpy())) for images, _ in batches]
+    return class_probabilities(np.concatenate(outputs))
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> dict:
+    agree = predict_labels(reference, threshold) == predict_labels(candidate, threshold)
+    return {"top1_agreement": round(float(agree.mean()), 6),
+            "disagreements": int((~agree).sum()),
+            "max_abs_diff": float(np.abs(reference - candidate).max())}
+
+
+def parity_problems(results: dict, limits: ExportParams) -> list[str]:
+    """One line per artefact outside its parity bound."""
+    problems = []
+    for name, entry in results["artefacts"].items():
+        if "top1_agreement" not in entry:
+            continue
+        if name == "tflite_int8":
+            if entry["top1_agreement"] < limits.int8_min_agreement:
+                problems.append(f"{name}: top-1 agreement {entry['top1_agreement']:.4f} < "
+                                f"export.int8_min_agreement {limits.int8_min_agreement}")
+        elif entry["max_abs_diff"] > limits.float32_tolerance:
+            problems.append(f"{name}: max |probability difference| {entry['max_abs_diff']:.3g} "
+                            f"> export.float32_tolerance {limits.float32_tolerance}")
+    return problems
+
+
+def parity_message(problems: list[str], metrics: Path) -> str:
+    return ("Exported models disagree with the Keras model on the validation split:\n- "
+            + "\n- ".join(problems) + f"\nThe previous export is kept; figures in {metrics}. "
+            "Set export.int8: false to skip the int8 model, or widen the bound in params.yaml "
+            "if the difference is acceptable for your use.")

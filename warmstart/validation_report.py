@@ -1,0 +1,243 @@
+"""Human-readable validation reports: the terminal summary and a self-contained HTML page.
+
+The HTML page (``paths.validation_html``) needs nothing but a browser, offline: the TFDV
+statistics of every split rendered from the statistics protos (numbers, histograms, top values),
+the skew/drift measurements, the TFDV anomalies, and every problem with its files, their reasons
+and thumbnails of what the training decoder sees, embedded as data URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import statistics_pb2
+
+from warmstart.atomic import write_text
+from warmstart.imagetable import OK, STAT_COLUMNS
+from warmstart.imaging import decode_rgb
+from warmstart.params import Params
+
+if TYPE_CHECKING:
+    from warmstart.stages.validate import Findings
+
+logger = logging.getLogger(__name__)
+
+Stats = statistics_pb2.DatasetFeatureStatisticsList
+THUMB_PIXELS = 96
+STYLE = """
+body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{margin:0 0 8px} h2{margin-top:28px;border-bottom:1px solid #ccc}
+.banner{padding:10px 14px;border-radius:6px;font-weight:600;margin:12px 0}
+.pass{background:#e3f6e5;color:#185c22} .fail{background:#fde4e1;color:#8a1c12}
+table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 8px;
+text-align:left;vertical-align:top} th{background:#f4f4f4}
+.bad{color:#b3261e;font-weight:600} .muted{color:#777}
+.cards{display:flex;flex-wrap:wrap;gap:10px} .card{width:210px;border:1px solid #ddd;
+border-radius:6px;padding:6px;font-size:12px;word-break:break-all}
+.card img{display:block;max-width:96px;max-height:96px;margin-bottom:4px}
+.noimg{width:96px;height:64px;background:#eee;display:flex;align-items:center;
+justify-content:center;color:#777;margin-bottom:4px;text-align:center;font-size:11px}
+.tag{display:inline-block;background:#fde4e1;color:#8a1c12;border-radius:3px;padding:0 4px}
+.bar{display:inline-block;height:10px;background:#4a78c2;vertical-align:middle}
+"""
+
+
+def log_summary(table: pd.DataFrame, findings: Findings, metrics: dict, report: Path) -> None:
+    """The terminal summary: counts, problems by check, anomalies, where the reports are."""
+    verdict = "PASSED" if findings.ok else "FAILED"
+    lines = [f"Data validation {verdict} (policy {findings.policy}): {len(table)} files in "
+             f"{metrics['seconds']} s ({metrics['images_per_second']} images/s), "
+             f"{metrics['quarantined']} quarantined, {findings.anomaly_count} TFDV anomalies"]
+    for split, group in table.groupby("split", sort=False):
+        labels = group["label"].value_counts().to_dict()
+        formats = group["format"].value_counts().to_dict()
+        lines.append(f"  {split}: {len(group)} files, labels {labels}, formats {formats}")
+    for problem in findings.problems:
+        flag = "quarantined" if findings.quarantine and problem.quarantine else (
+            "warning" if problem.advisory else "BLOCKING" if problem in findings.blocking
+            else "")
+        lines.append(f"  - {problem.check}: {problem.reason} ({len(problem.files)} file(s)) "
+                     f"{flag}".rstrip())
+    for split, anomalies in findings.anomalies.items():
+        lines += [f"  - [{split}] TFDV {name}: {info.short_description}"
+                  for name, info in sorted(anomalies.anomaly_info.items())]
+    lines.append(f"  Reports: {report}/ and the HTML report")
+    logger.info("\n".join(lines))
+
+
+def write_html(path: Path, params: Params, table: pd.DataFrame, findings: Findings,
+               stats: dict[str, Stats]) -> None:
+    thumbs = thumbnails(params.path("raw"), table, findings, params.validate.max_thumbnails)
+    verdict = "pass" if findings.ok else "fail"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Data validation"
+             f"</title><style>{STYLE}</style></head><body><h1>Data validation</h1>",
+             f"<div class='banner {verdict}'>{'PASSED' if findings.ok else 'FAILED'} — policy "
+             f"<code>{findings.policy}</code>: {len(table)} files, "
+             f"{int(table['quarantined'].sum())} quarantined, {len(findings.blocking)} blocking "
+             f"problem(s), {findings.anomaly_count} TFDV anomal(y/ies)</div>",
+             _splits_table(table), _anomalies_section(findings), _problems_section(
+                 findings, thumbs), _drift_section(findings), _stats_section(stats),
+             _links(os.path.relpath(params.path("validation_report"), path.parent)),
+             "</body></html>"]
+    write_text(path, "\n".join(parts))
+
+
+def _links(folder: str) -> str:
+    folder = _e(Path(folder).as_posix())
+    return (f"<p class='muted'>TFDV's interactive Facets view (needs internet): <a href="
+            f"'{folder}/facets.html'>{folder}/facets.html</a>. Machine-readable: {folder}/"
+            "anomalies.json, anomalies_&lt;split&gt;.pbtxt, stats_&lt;split&gt;.pb, "
+            "quarantine.json.</p>")
+
+
+def thumbnails(raw: Path, table: pd.DataFrame, findings: Findings, limit: int) -> dict[str, str]:
+    """data: URIs of what the training decoder makes of each problem file (readable ones)."""
+    wanted = {f for p in findings.problems for f in p.files}
+    rows = table[table["path"].isin(wanted) & (table["status"] == OK)].head(limit)
+    return {path: _thumbnail(raw / path) for path in rows["path"]}
+
+
+def _thumbnail(path: Path) -> str:
+    image = decode_rgb(tf.io.read_file(str(path)))
+    small = tf.image.resize(image, (THUMB_PIXELS, THUMB_PIXELS), preserve_aspect_ratio=True,
+                            antialias=True)
+    jpeg = tf.io.encode_jpeg(tf.cast(tf.round(small), tf.uint8), quality=80).numpy()
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+
+
+def _splits_table(table: pd.DataFrame) -> str:
+    rows = ["<h2>Dataset</h2><table><tr><th>split</th><th>files</th><th>trained on</th>"
+            "<th>quarantined</th><th>labels</th><th>formats</th><th>modes</th></tr>"]
+    for split, group in table.groupby("split", sort=False):
+        rows.append(f"<tr><td>{_e(split)}</td><td>{len(group)}</td>"
+                    f"<td>{int((group['quarantined'] == 0).sum())}</td>"
+                    f"<td>{int(group['quarantined'].sum())}</td>"
+                    + "".join(f"<td>{_e(_counts(group[c]))}</td>" for c in
+                              ("label", "format", "mode")) + "</tr>")
+    return "".join(rows) + "</table>"
+
+
+def _counts(column: pd.Series) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in column.value_counts().items())
+
+
+def _anomalies_section(findings: Findings) -> str:
+    rows = [f"<tr><td>{_e(split)}</td><td>{_e(name)}</td><td>{_e(info.short_description)}"
+            f"</td><td>{_e(info.description)}</td></tr>"
+            for split, anomalies in findings.anomalies.items()
+            for name, info in sorted(anomalies.anomaly_info.items())]
+    if not rows:
+        return "<h2>TFDV anomalies</h2><p>None: the statistics match the schema.</p>"
+    return ("<h2>TFDV anomalies</h2><table><tr><th>split</th><th>feature</th><th>anomaly</th>"
+            "<th>description</th></tr>" + "".join(rows) + "</table>")
+
+
+def _problems_section(findings: Findings, thumbs: dict[str, str]) -> str:
+    if not findings.problems:
+        return "<h2>Problems</h2><p>None.</p>"
+    parts = ["<h2>Problems</h2>"]
+    for problem in findings.problems:
+        state = ("quarantined" if findings.quarantine and problem.quarantine else
+                 "warning" if problem.advisory else
+                 "blocking" if problem in findings.blocking else "")
+        parts.append(f"<h3>{_e(problem.check)} <span class='muted'>({state})</span></h3>"
+                     f"<p>{_e(problem.reason)}</p><div class='cards'>")
+        parts += [_card(f, problem.quarantine.get(f, ""), thumbs.get(f),
+                        bool(findings.quarantine) and f in problem.quarantine)
+                  for f in problem.files]
+        parts.append("</div>")
+    return "".join(parts)
+
+
+def _card(path: str, reason: str, thumb: str | None, quarantined: bool) -> str:
+    image = (f"<img src='{thumb}' alt='{_e(path)}'>" if thumb else
+             "<div class='noimg'>no preview</div>")
+    tag = "<span class='tag'>quarantined</span> " if quarantined else ""
+    return f"<div class='card'>{image}{tag}<b>{_e(path)}</b><br>{_e(reason)}</div>"
+
+
+def _drift_section(findings: Findings) -> str:
+    rows = []
+    for split, anomalies in findings.anomalies.items():
+        for info in anomalies.drift_skew_info:
+            cells = [_measure(info.skew_measurements), _measure(info.drift_measurements)]
+            rows.append(f"<tr><td>{_e(split)}</td><td>{_e('.'.join(info.path.step))}</td>"
+                        + "".join(cells) + "</tr>")
+    if not rows:
+        return "<h2>Skew and drift</h2><p>No comparisons (no thresholds or no baseline).</p>"
+    return ("<h2>Skew and drift</h2><p class='muted'>Skew: training vs validation split. Drift: "
+            "this version vs the baseline (previous version). L-infinity for categorical "
+            "features, Jensen–Shannon divergence for numeric ones.</p><table><tr><th>split</th>"
+            "<th>feature</th><th>skew (threshold)</th><th>drift (threshold)</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _measure(measurements) -> str:
+    if not measurements:
+        return "<td class='muted'>—</td>"
+    m = measurements[0]
+    kind = "L∞" if m.type == m.L_INFTY else "JSD"
+    return (f"<td class='{'bad' if m.value > m.threshold else ''}'>{kind} {m.value:.4f} "
+            f"({m.threshold:g})</td>")
+
+
+def _stats_section(stats: dict[str, Stats]) -> str:
+    """The TFDV statistics of every split, feature by feature, side by side."""
+    by_split = {split: {f.path.step[0] if f.path.step else f.name: f
+                        for d in s.datasets[:1] for f in d.features}
+                for split, s in stats.items()}
+    counts = {split: (s.datasets[0].num_examples if s.datasets else 0)
+              for split, s in stats.items()}
+    head = "".join(f"<th>{_e(s)} ({counts[s]} images)</th>" for s in stats)
+    rows = [f"<tr><th>{_e(name)}</th>" + "".join(
+        f"<td>{_feature_cell(by_split[s].get(name))}</td>" for s in stats) + "</tr>"
+        for name in STAT_COLUMNS]
+    return ("<h2>TFDV statistics</h2><table><tr><th>feature</th>" + head + "</tr>"
+            + "".join(rows) + "</table>")
+
+
+def _feature_cell(feature: statistics_pb2.FeatureNameStatistics | None) -> str:
+    if feature is None:
+        return "<span class='muted'>no data</span>"
+    if feature.HasField("string_stats"):
+        strings = feature.string_stats
+        top = strings.top_values[:8]
+        total = max(sum(v.frequency for v in strings.top_values), 1)
+        bars = "".join(f"<div><span class='bar' style='width:{80 * v.frequency / total:.0f}px'>"
+                       f"</span> {_e(v.value)}: {v.frequency:g}</div>" for v in top)
+        return f"{_missing(strings.common_stats)}unique {strings.unique}{bars}"
+    numbers = feature.num_stats
+    return (f"{_missing(numbers.common_stats)}mean {numbers.mean:.4g}, std "
+            f"{numbers.std_dev:.4g}<br>min {numbers.min:.4g}, median {numbers.median:.4g}, "
+            f"max {numbers.max:.4g}<br>{_histogram_svg(numbers)}")
+
+
+def _missing(common: statistics_pb2.CommonStatistics) -> str:
+    missing = common.num_missing
+    return f"<span class='bad'>{missing:g} missing</span><br>" if missing else ""
+
+
+def _histogram_svg(numbers: statistics_pb2.NumericStatistics) -> str:
+    standard = [h for h in numbers.histograms
+                if h.type == statistics_pb2.Histogram.STANDARD]
+    if not standard or not standard[0].buckets:
+        return ""
+    buckets = standard[0].buckets
+    peak = max(b.sample_count for b in buckets) or 1
+    width = 200 / len(buckets)
+    bars = "".join(f"<rect x='{i * width:.1f}' y='{40 - 40 * b.sample_count / peak:.1f}' "
+                   f"width='{width - 1:.1f}' height='{40 * b.sample_count / peak:.1f}' "
+                   f"fill='#4a78c2'><title>{b.low_value:.4g}–{b.high_value:.4g}: "
+                   f"{b.sample_count:g}</title></rect>" for i, b in enumerate(buckets))
+    return f"<svg width='200' height='40' role='img'>{bars}</svg>"
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
