@@ -294,21 +294,21 @@ def test_dvc_reruns_the_caching_stages_on_any_relevant_change(tmp_path: Path) ->
     raw = tiny_params(source, base={"weights": "weights/base.weights.h5"},
                       validate={"skew_jsd": None, "skew_linf": None})
     (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "prefix"]):
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "features"]):
         dvc(cmd, work)
-    assert "up to date" in dvc(["dvc", "status", "--with-deps", "prefix"], work)
+    assert "up to date" in dvc(["dvc", "status", "--with-deps", "features"], work)
 
     def changed(section: str, key: str, value) -> set[str]:
         edited = yaml.safe_load((work / "params.yaml").read_text())
         edited[section][key] = value
         (work / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
-        status = dvc(["dvc", "status", "--with-deps", "prefix"], work)
+        status = dvc(["dvc", "status", "--with-deps", "features"], work)
         (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         return {line.rstrip(":").strip() for line in status.splitlines()
                 if line.endswith(":") and not line.startswith("\t")}
 
-    assert changed("finetune", "fine_tune_at", 90) == {"prefix"}
-    assert changed("finetune", "cache_dtype", "float32") == {"prefix"}
+    assert changed("finetune", "fine_tune_at", 90) == {"features"}
+    assert changed("finetune", "cache_dtype", "float32") == {"features"}
     assert changed("base", "alpha", 0.5) == {"features"}
     assert changed("base", "weights", "none") == {"features"}
     assert changed("preprocess", "image_size", 48) == {"preprocess"}

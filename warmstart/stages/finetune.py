@@ -113,8 +113,11 @@ def fit_more(params: Params, model: keras.Model, data: tuple[tf.data.Dataset, tf
 
 
 def finetune_fingerprint(params: Params) -> str:
-    """This run's identity: params, the transfer model and history, the prefix cache's key."""
-    inputs = {"prefix": recorded_key(params.path("prefix") / INFO_FILE),
+    """This run's identity: params, the transfer model and history, the prefix cache's key.
+
+    Regression: with augmentation on, the prefix cache is not read (and may be absent)."""
+    bypassed = params.augment.enabled  # then training reads images, not the prefix cache
+    inputs = {"prefix": "bypassed" if bypassed else recorded_key(params.path("prefix") / INFO_FILE),
               "transfer_model": sha256_of(params.path("transfer_model") / MODEL_FILE),
               "transfer_history": sha256_of(params.path("transfer_history"))}
     return run_fingerprint(params, "finetune", SECTIONS, inputs)
