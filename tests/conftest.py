@@ -90,3 +90,21 @@ def workspace(tmp_path: Path) -> Callable[..., Path]:
         return work
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _forget_colorama_streams() -> object:
+    """Regression: a flow test crashed pytest with 'I/O operation on closed file'.
+
+    colorama remembers sys.stdout/sys.stderr when it is initialised and puts them back later
+    (DVC's ``ui.disable_colorama`` calls ``deinit()``/``reinit()`` in-process). Under pytest
+    those are one test's capture streams, closed when that test ends; a later test then logged
+    into a closed stream. Forget them after every test.
+    """
+    yield
+    try:
+        import colorama.initialise as colorama_state
+    except ImportError:
+        return
+    for name in ("orig_stdout", "orig_stderr", "wrapped_stdout", "wrapped_stderr"):
+        setattr(colorama_state, name, None)

@@ -59,7 +59,8 @@ def processed_project(root: Path, classes: tuple[str, ...], **overrides: dict) -
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Params:
     """A whole tiny binary run (sigmoid head) up to export and the model card."""
-    work = processed_project(tmp_path_factory.mktemp("export"), ("cats", "dogs"))
+    work = processed_project(tmp_path_factory.mktemp("export"), ("cats", "dogs"),
+                             export={"int8": True})
     params = load_params(work / "params.yaml")
     names = list(STAGES)  # the pipeline's stage order, whatever stages it has
     for name in names[names.index("features"):names.index("model_card") + 1]:

@@ -313,7 +313,7 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class ExportParams:
-    int8: bool = True
+    int8: bool = False
     float32_tolerance: float = 1e-4
     int8_min_agreement: float = 0.995
 
