@@ -133,12 +133,15 @@ def _is_closed(stream: object) -> bool:
         return True
 
 
-#: Test modules that run Prefect flows in-process.
+#: Test modules that run Prefect in-process, in the order they must run: first of all.
 PREFECT_MODULES = ("test_flow.py", "test_deployment.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the Prefect tests first. After the export tests, Prefect's console log handler was
-    found writing to a closed capture stream (pytest crashed: 'I/O operation on closed file');
-    the cause lies in logging/stream state left by other libraries, not in warmstart."""
-    items.sort(key=lambda item: 0 if item.path.name in PREFECT_MODULES else 1)
+    """Run the flow tests first, then the deployment test, then the rest. When the flow tests
+    ran after other tests (the deployment test, or the export tests) in one CI process, Prefect's
+    console log handler wrote to a closed capture stream and pytest crashed ('I/O operation on
+    closed file'); alone, or first, they pass. Root cause not found yet (stream state left
+    behind by another library); tracked in the closing note."""
+    order = {name: index for index, name in enumerate(PREFECT_MODULES)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))
