@@ -134,7 +134,7 @@ def _is_closed(stream: object) -> bool:
 
 
 #: Test modules that run Prefect in-process, in the order they must run: first of all.
-PREFECT_MODULES = ("test_flow.py", "test_deployment.py")
+PREFECT_MODULES = ("test_flow.py", "test_deployment.py", "flow_checks.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
