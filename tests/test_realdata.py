@@ -49,7 +49,7 @@ def test_real_subset_learns_well_above_chance(tmp_path: Path) -> None:
                       preprocess={"image_size": 96},
                       train={"batch_size": 32},
                       transfer={"epochs": 10, "learning_rate": 0.001},
-                      finetune={"epochs": 2, "learning_rate": 0.0001})
+                      finetune={"epochs": 2, "learning_rate": 0.00001})
     work = tmp_path / "work"
     (work / "schema").mkdir(parents=True)
     (work / "schema" / "schema.pbtxt").write_text((REPO / "schema" / "schema.pbtxt").read_text())
