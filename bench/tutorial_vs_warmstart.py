@@ -151,6 +151,8 @@ def stages(args: argparse.Namespace, log: Path) -> dict:
             "transfer_val_accuracy": metric(project, "transfer"),
             "finetune_val_accuracy": metric(project, "finetune"),
             "prefix_bytes": sum(s["bytes"] for s in prefix_info["splits"].values()),
+            "prefix_splits": {name: f"{s['dtype']} {s['bytes'] / 2**20:.0f} MiB"
+                              for name, s in prefix_info["splits"].items()},
             "prefix_boundary": prefix_info["boundary"]}
 
 
@@ -248,8 +250,9 @@ def stage_table(args: argparse.Namespace, staged: dict) -> list[str]:
     lines += [f"| **total** | **{total:.0f}** | | |", "",
               f"Validation accuracy: transfer {staged['transfer_val_accuracy']:.3f}, fine-tune "
               f"{staged['finetune_val_accuracy']:.3f}. Peak RSS of the training stages "
-              f"({', '.join(TRAINING)}): {peak:.0f} MiB. Prefix cache (float16, boundary "
-              f"{', '.join(staged['prefix_boundary'])}): {staged['prefix_bytes'] / 2**20:.0f} MiB."]
+              f"({', '.join(TRAINING)}): {peak:.0f} MiB. Prefix cache (boundary "
+              f"{', '.join(staged['prefix_boundary'])}): {staged['prefix_bytes'] / 2**20:.0f} MiB "
+              f"({', '.join(f'{k} {v}' for k, v in staged['prefix_splits'].items())})."]
     return lines
 
 
@@ -269,7 +272,7 @@ def ratio_lines(base: dict, staged: dict | None, whole: dict | None) -> list[str
 
 
 def scaling_table(scale: dict, staged: dict | None, args: argparse.Namespace) -> list[str]:
-    lines = ["", "## Scaling (warmstart stage wall time, s, incl. ~5 s process start-up)", "",
+    lines = ["", "## Scaling (warmstart stage wall time, s, incl. ~3 s start-up importing TF)", "",
              "| epochs | transfer | finetune |", "|---|---:|---:|"]
     for factor, row in scale["epochs"].items():
         lines.append(f"| {factor} ({args.transfer_epochs * int(factor[0])} + "
@@ -288,7 +291,8 @@ def scaling_table(scale: dict, staged: dict | None, args: argparse.Namespace) ->
                  f"{big['transfer']:.1f} | {big['finetune']:.1f} | "
                  f"{big['transfer_val_accuracy']:.3f} / {big['finetune_val_accuracy']:.3f} |")
     f32 = scale["float32"]
-    lines += ["", f"Prefix cache as float32: {f32['bytes'] / 2**20:.0f} MiB, features stage "
+    lines += ["", f"Prefix cache with the training split as float32 too: "
+              f"{f32['bytes'] / 2**20:.0f} MiB, features stage "
               f"{f32['features']:.1f} s, finetune {f32['finetune']:.1f} s, fine-tune val accuracy "
               f"{f32['val_accuracy']:.3f} (float16 row above)."]
     return lines
@@ -311,10 +315,11 @@ def main() -> None:
     if not args.skip_scaling:
         project = Path(results["stages"]["project"]) if "stages" in results else None
         results["scaling"] = scaling(args, log, project)
-    text = report(args, results, (before, uptime()))
+    load = (before, uptime())
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
+    text = report(args, results, load)
+    args.out.write_text(text)
     print(text)
 
 

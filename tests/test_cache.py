@@ -23,10 +23,11 @@ import yaml
 from tests.conftest import REPO, make_dataset, tiny_params
 from warmstart.augment import augmentation_layers, with_augmentation
 from warmstart.cachekey import StaleCacheError
-from warmstart.dataset import Manifest, image_dataset
+from warmstart.dataset import Manifest, image_dataset, split_index
 from warmstart.featurecache import BASE_FILE, check_features
 from warmstart.model import find_base, load_model, unfreeze_from
 from warmstart.params import Params, load_params
+from warmstart.predictions import class_probabilities, read_predictions
 from warmstart.prefix import boundary_names, prefix_model, top_model
 from warmstart.prefixcache import check_prefix
 from warmstart.stages.features import run_features
@@ -108,6 +109,22 @@ def test_prefix_then_top_computes_the_classifier(run: Params, cut: int) -> None:
         images, verbose=0), verbose=0)
     assert full.std() > 1e-3, "degenerate model: the comparison would prove nothing"
     np.testing.assert_allclose(split, full, atol=1e-5)
+
+
+def test_recorded_predictions_are_the_saved_models_outputs_on_the_images(
+        run: Params) -> None:
+    """evaluate scores these files: they must be what model.keras computes from the pixels."""
+    manifest = Manifest.read(run.path("processed"))
+    images, labels = images_of(run, "validation")
+    paths, _ = split_index(manifest, "validation")
+    for stage in ("transfer", "finetune"):
+        model = load_model(run.path(f"{stage}_model") / MODEL_FILE)
+        recorded = read_predictions(run.path(f"{stage}_predictions"))
+        assert recorded.paths == paths and recorded.classes == manifest.classes
+        np.testing.assert_array_equal(recorded.labels, labels)
+        full = class_probabilities(model.predict(images, verbose=0))
+        assert full.std() > 1e-3, "degenerate model: the comparison would prove nothing"
+        np.testing.assert_allclose(recorded.probabilities, full, atol=1e-5)
 
 
 def test_one_step_on_the_prefix_equals_one_step_on_the_full_model(run: Params) -> None:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 import yaml
@@ -98,7 +99,7 @@ def test_parity_is_computed_and_within_bounds(exported: Params) -> None:
     assert results["validation_images"] == 12
     artefacts = results["artefacts"]
     assert set(artefacts) == {"keras", "saved_model", "saved_model_uint8", "tflite_float32",
-                              "tflite_int8"}
+                              "tflite_int8", "finetune_predictions"}
     assert "top1_agreement" not in artefacts["keras"]  # the reference
     for name in ("saved_model", "saved_model_uint8", "tflite_float32"):
         assert artefacts[name]["max_abs_diff"] <= exported.export.float32_tolerance, name
@@ -138,6 +139,25 @@ def test_parity_violation_fails_and_keeps_the_previous_export(
         assert export_metrics(exported)["passed"] is False
     finally:
         write_json(exported.path("export_metrics"), good)
+
+
+def test_saved_model_must_reproduce_the_recorded_predictions(exported: Params) -> None:
+    """evaluate scores the finetune stage's recorded predictions: export re-checks them."""
+    results = export_metrics(exported)["artefacts"]["finetune_predictions"]
+    assert results["max_abs_diff"] <= 1e-5 and results["top1_agreement"] == 1.0
+    recorded = exported.path("finetune_predictions")
+    good, good_metrics = recorded.read_text(), export_metrics(exported)
+    frame = pd.read_csv(recorded)
+    frame["prob_dogs"] = (frame["prob_dogs"] + 0.01).clip(upper=1.0)
+    frame["prob_cats"] = 1.0 - frame["prob_dogs"]
+    frame.to_csv(recorded, index=False)
+    try:
+        with pytest.raises(ExportParityError, match=r"finetune_predictions \(recorded by "
+                                                    r"finetune; evaluate scored them\)"):
+            run_export(exported)
+    finally:
+        recorded.write_text(good)
+        write_json(exported.path("export_metrics"), good_metrics)
 
 
 def test_parity_problems_name_each_artefact_and_bound() -> None:

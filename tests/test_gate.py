@@ -13,13 +13,14 @@ import yaml
 from tests.conftest import CLASS_COLOURS, tiny_params
 from tests.test_export import processed_project
 from tests.test_predict import colour_model
+from warmstart.dataset import Manifest, image_dataset
 from warmstart.hashing import sha256_of
 from warmstart.params import GateParams, Params, ParamsError, load_params
 from warmstart.stages.evaluate import run_evaluate
 from warmstart.stages.export import run_export
 from warmstart.stages.gate import GateFailed, run_gate
 from warmstart.stages.model_card import run_model_card
-from warmstart.stages.transfer import MODEL_FILE
+from warmstart.stages.transfer import MODEL_FILE, write_validation_predictions
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +40,14 @@ def params(prepared: Path, tmp_path: Path) -> Params:
 
 def candidate(params: Params, scramble: bool = False) -> float:
     """Make the colour classifier (right, or wrong on every class) the run's candidate."""
+    manifest = Manifest.read(params.path("processed"))
+    images = image_dataset(manifest, params.data.validation_split, 64, cache=False)
     for stage in ("transfer", "finetune"):
         folder = params.path(f"{stage}_model")
         folder.mkdir(parents=True, exist_ok=True)
-        colour_model(scramble=scramble).save(folder / MODEL_FILE)
+        model = colour_model(scramble=scramble)
+        model.save(folder / MODEL_FILE)
+        write_validation_predictions(params, manifest, stage, model.predict(images, verbose=0))
     results = run_evaluate(params)
     run_export(params)
     run_model_card(params)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,13 @@ from warmstart.dataset import Manifest, image_dataset, labels_of
 from warmstart.featurecache import load_features
 from warmstart.model import find_base, load_model, unfreeze_from
 from warmstart.params import Params, load_params
-from warmstart.stages.evaluate import run_evaluate
+from warmstart.predictions import (
+    Predictions,
+    PredictionsError,
+    read_predictions,
+    write_predictions,
+)
+from warmstart.stages.evaluate import check_same_images, run_evaluate
 from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune
 from warmstart.stages.ingest import run_ingest
@@ -129,6 +137,45 @@ def test_evaluate_reports_both_models(trained: Params) -> None:
     assert sorted(p.name for p in plots.iterdir()) == [
         "confusion_finetune.csv", "confusion_transfer.csv", "roc_finetune.csv",
         "roc_transfer.csv"]
+
+
+def test_validation_prefix_is_float32_whatever_the_cache_dtype(trained: Params) -> None:
+    info = json.loads((trained.path("prefix") / "prefix.json").read_text())
+    assert info["dtype"] == "float16"
+    assert {s: v["dtype"] for s, v in info["splits"].items()} == {
+        "train": "float16", "validation": "float32"}
+
+
+def test_evaluate_imports_no_tensorflow(trained: Params) -> None:
+    code = ("import sys; from warmstart.cli import stage_function; stage_function('evaluate'); "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_evaluate_refuses_predictions_of_different_images() -> None:
+    labels, probabilities = np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]])
+    one = Predictions(["a.jpg", "b.jpg"], labels, probabilities, ["cats", "dogs"])
+    other = Predictions(["a.jpg", "c.jpg"], labels, probabilities, ["cats", "dogs"])
+    check_same_images({"transfer": one, "finetune": one})
+    with pytest.raises(PredictionsError, match="different data versions"):
+        check_same_images({"transfer": one, "finetune": other})
+
+
+def test_predictions_file_round_trip_and_bad_file(tmp_path: Path) -> None:
+    target = tmp_path / "p.csv"
+    write_predictions(target, ["x/1.jpg", "x/2.jpg"], np.array([1, 0]),
+                      np.array([[0.75], [0.125]], np.float32), ["cats", "dogs"])
+    back = read_predictions(target)
+    assert back.paths == ["x/1.jpg", "x/2.jpg"] and back.classes == ["cats", "dogs"]
+    np.testing.assert_array_equal(back.labels, [1, 0])
+    np.testing.assert_allclose(back.probabilities, [[0.25, 0.75], [0.875, 0.125]])
+    (tmp_path / "bad.csv").write_text("path,label\na.jpg,1\n")
+    with pytest.raises(PredictionsError, match=r"bad\.csv is not a predictions file"):
+        read_predictions(tmp_path / "bad.csv")
+    with pytest.raises(PredictionsError, match="missing"):
+        read_predictions(tmp_path / "absent.csv")
 
 
 def test_batchnorm_stays_in_inference_mode_when_fine_tuning() -> None:

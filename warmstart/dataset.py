@@ -78,6 +78,16 @@ def image_dataset(manifest: Manifest, split: str, batch_size: int, shuffle_seed:
 
 def labels_of(manifest: Manifest, split: str) -> np.ndarray:
     """All labels of a split, in stored order."""
+    return split_index(manifest, split)[1]
+
+
+def split_index(manifest: Manifest, split: str) -> tuple[list[str], np.ndarray]:
+    """(image paths, labels) of a split, in stored order (the order every split dataset has)."""
     records = tf.data.TFRecordDataset(manifest.shard_paths(split))
-    labels = records.map(lambda r: tf.io.parse_single_example(r, _FEATURES)["label"])
-    return np.fromiter(labels.as_numpy_iterator(), dtype=np.int64)
+    fields = records.map(lambda r: tf.io.parse_single_example(r, {k: _FEATURES[k]
+                                                                  for k in ("path", "label")}))
+    paths, labels = [], []
+    for example in fields.as_numpy_iterator():
+        paths.append(example["path"].decode())
+        labels.append(example["label"])
+    return paths, np.asarray(labels, dtype=np.int64)

@@ -65,6 +65,8 @@ class PathsParams:
     prefix: str = "data/prefix"
     transfer_model: str = "models/transfer"
     finetune_model: str = "models/finetune"
+    transfer_predictions: str = "predictions/transfer.csv"
+    finetune_predictions: str = "predictions/finetune.csv"
     transfer_metrics: str = "metrics/transfer.json"
     finetune_metrics: str = "metrics/finetune.json"
     evaluate_metrics: str = "metrics/evaluate.json"

@@ -32,7 +32,7 @@ from warmstart.atomic import write_json
 from warmstart.errors import WarmstartError
 from warmstart.imaging import load_image
 from warmstart.model import load_model
-from warmstart.stages.evaluate import class_probabilities, predict_labels
+from warmstart.predictions import class_probabilities, predict_labels
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,13 @@
 """Stage `evaluate`: both models on the validation split, with the same metrics and plots.
 
-Writes ``paths.evaluate_metrics`` ({"transfer": {...}, "finetune": {...}}: loss, accuracy,
-precision, recall, F1, ROC-AUC, confusion matrix) and, per model, ``confusion_<stage>.csv``
-(actual, predicted) and ``roc_<stage>.csv`` (fpr, tpr) under ``paths.evaluate_plots``.
+Scores the predictions the transfer and finetune stages recorded for the validation split
+(``paths.transfer_predictions``, ``paths.finetune_predictions``: the full models' outputs, see
+``warmstart/predictions.py``; ``export`` checks the saved model reproduces them from the images).
+Needs no TensorFlow, so it takes about a second and re-runs alone when ``evaluate.threshold``
+changes. Writes ``paths.evaluate_metrics`` ({"transfer": {...}, "finetune": {...}}: loss,
+accuracy, precision, recall, F1, ROC-AUC, confusion matrix) and, per model,
+``confusion_<stage>.csv`` (actual, predicted) and ``roc_<stage>.csv`` (fpr, tpr) under
+``paths.evaluate_plots``.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from warmstart.atomic import atomic_dir, write_json
-from warmstart.dataset import Manifest, image_dataset, labels_of
-from warmstart.model import load_model
 from warmstart.params import Params
-from warmstart.stages.transfer import MODEL_FILE
+from warmstart.predictions import (
+    Predictions,
+    PredictionsError,
+    predict_labels,
+    read_predictions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,37 +35,30 @@ EPSILON = 1e-7  # Keras' clipping for cross-entropy
 
 
 def run_evaluate(params: Params) -> dict:
-    manifest = Manifest.read(params.path("processed"))
-    split = params.data.validation_split
-    labels = labels_of(manifest, split)
-    results = {}
+    runs = {stage: read_predictions(params.path(f"{stage}_predictions")) for stage in STAGES}
+    check_same_images(runs)
+    threshold, results = params.evaluate.threshold, {}
     with atomic_dir(params.path("evaluate_plots")) as plots:
-        for stage in STAGES:
-            model = load_model(params.path(f"{stage}_model") / MODEL_FILE)
-            images = image_dataset(manifest, split, params.train.batch_size, cache=False)
-            probabilities = class_probabilities(model.predict(images, verbose=0))
-            results[stage] = classification_metrics(labels, probabilities, manifest.classes,
-                                                    params.evaluate.threshold)
-            write_plots(plots, stage, labels, probabilities, manifest.classes,
-                        params.evaluate.threshold)
-            logger.info("%s on %s: %s", stage, split,
+        for stage, run in runs.items():
+            results[stage] = classification_metrics(run.labels, run.probabilities, run.classes,
+                                                    threshold)
+            write_plots(plots, stage, run.labels, run.probabilities, run.classes, threshold)
+            logger.info("%s on the validation split: %s", stage,
                         {k: v for k, v in results[stage].items() if k != "confusion_matrix"})
     write_json(params.path("evaluate_metrics"), results)
     return results
 
 
-def class_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """(n, classes) probabilities from a sigmoid (n, 1) or softmax (n, k) output."""
-    outputs = outputs.astype(np.float64)
-    if outputs.shape[1] == 1:
-        return np.hstack([1.0 - outputs, outputs])
-    return outputs
-
-
-def predict_labels(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    if probabilities.shape[1] == 2:
-        return (probabilities[:, 1] >= threshold).astype(np.int64)
-    return probabilities.argmax(axis=1)
+def check_same_images(runs: dict[str, Predictions]) -> None:
+    """Both models must have been scored on the same images, classes and labels."""
+    first, *others = runs.items()
+    for stage, run in others:
+        if (run.paths, run.classes) != (first[1].paths, first[1].classes) or \
+                not np.array_equal(run.labels, first[1].labels):
+            raise PredictionsError(
+                f"The {stage} and {first[0]} predictions cover different images or classes: "
+                "they come from different data versions. Run `dvc repro` to bring both stages "
+                "up to date.")
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list[str],

@@ -16,7 +16,10 @@ Writes the folder ``paths.export_model``:
 Parity: every artefact predicts the whole validation split through the loaders
 ``warmstart predict`` uses, and is compared with the Keras model: top-1 agreement and the largest
 absolute probability difference. Float32 artefacts must stay within ``export.float32_tolerance``,
-the int8 model must agree on at least ``export.int8_min_agreement`` of the images. The figures
+the int8 model must agree on at least ``export.int8_min_agreement`` of the images. The Keras
+model read back from ``model.keras`` must also reproduce, within the float32 bound, the
+predictions the finetune stage recorded (``paths.finetune_predictions``, which `evaluate`
+scores): a save/load problem cannot pass unnoticed. The figures
 and each artefact's size go to ``paths.export_metrics``; a violation fails the stage and leaves
 the previous export in place.
 """
@@ -48,13 +51,19 @@ from warmstart.predict import (
     load_predictor,
     write_labels,
 )
-from warmstart.stages.evaluate import class_probabilities, predict_labels
+from warmstart.predictions import (
+    PredictionsError,
+    class_probabilities,
+    predict_labels,
+    read_predictions,
+)
 from warmstart.stages.transfer import MODEL_FILE
 
 logger = logging.getLogger(__name__)
 
 TFLITE_FLOAT32 = "model_float32.tflite"
 TFLITE_INT8 = "model_int8.tflite"
+RECORDED = "finetune_predictions"  # parity entry: model.keras vs the finetune stage's record
 
 
 class ExportParityError(WarmstartError):
@@ -166,9 +175,21 @@ def parity_report(folder: Path, model: keras.Model, manifest: Manifest, params: 
         probabilities = probabilities_of(runner, manifest, split, params)
         entry = report.setdefault(name, {"file": f"{SAVED_MODEL_DIR} (serve_uint8)"})
         entry.update(compare(reference, probabilities, threshold))
+    report[RECORDED] = recorded_parity(params, reference)
     return {"validation_images": int(len(reference)), "artefacts": report,
             "thresholds": {"float32_tolerance": params.export.float32_tolerance,
                            "int8_min_agreement": params.export.int8_min_agreement}}
+
+
+def recorded_parity(params: Params, reference: np.ndarray) -> dict:
+    """The saved model's predictions vs those the finetune stage recorded (evaluate's input)."""
+    path = params.path("finetune_predictions")
+    recorded = read_predictions(path)
+    if len(recorded.probabilities) != len(reference):
+        raise PredictionsError(f"{path} holds {len(recorded.probabilities)} predictions, the "
+                               f"validation split {len(reference)} images: run `dvc repro`.")
+    return {"file": params.paths.finetune_predictions,
+            **compare(reference, recorded.probabilities, params.evaluate.threshold)}
 
 
 def uint8_endpoint(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -202,7 +223,9 @@ def parity_problems(results: dict, limits: ExportParams) -> list[str]:
                 problems.append(f"{name}: top-1 agreement {entry['top1_agreement']:.4f} < "
                                 f"export.int8_min_agreement {limits.int8_min_agreement}")
         elif entry["max_abs_diff"] > limits.float32_tolerance:
-            problems.append(f"{name}: max |probability difference| {entry['max_abs_diff']:.3g} "
+            label = f"{name} (recorded by finetune; evaluate scored them)" \
+                if name == RECORDED else name
+            problems.append(f"{label}: max |probability difference| {entry['max_abs_diff']:.3g} "
                             f"> export.float32_tolerance {limits.float32_tolerance}")
     return problems
 

@@ -10,7 +10,9 @@ pass, into two DVC outputs:
   ``features.json`` (counts, timings and the cache key: data, image size, alpha, weights file
   hash, base weights). The transfer stage depends on this output only, so changing
   ``fine_tune_at`` leaves it byte-identical and DVC does not re-run transfer.
-* ``paths.prefix``: the boundary tensors of the fine-tune cut (see ``warmstart/prefixcache.py``).
+* ``paths.prefix``: the boundary tensors of the fine-tune cut (see ``warmstart/prefixcache.py``):
+  the training split as ``finetune.cache_dtype``, every other split as float32, so that the
+  validation metrics and predictions of the finetune stage are exactly the full model's.
 """
 
 from __future__ import annotations
@@ -54,13 +56,14 @@ def run_features(params: Params) -> Path:
             atomic_dir(params.path("prefix")) as prefix:
         save_model(base, features / BASE_FILE)
         for split in manifest.splits:
+            split_dtype = dtype if split == params.data.train_split else "float32"
             pooled, boundary, seconds = extract(extractor, manifest, split,
-                                                params.train.batch_size, dtype)
+                                                params.train.batch_size, split_dtype)
             labels = labels_of(manifest, split)
             np.savez(features / f"{split}.npz", features=pooled, labels=labels)
             save_prefix(prefix, split, boundary, labels)
             features_info["splits"][split] = {"count": len(pooled), "seconds": round(seconds, 2)}
-            prefix_info["splits"][split] = {"count": len(pooled),
+            prefix_info["splits"][split] = {"count": len(pooled), "dtype": split_dtype,
                                             "bytes": int(sum(a.nbytes for a in boundary))}
         write_json(features / INFO_FILE, features_info)
         write_json(prefix / PREFIX_INFO_FILE, prefix_info)

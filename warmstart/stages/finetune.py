@@ -7,8 +7,11 @@ of the transfer stage. The frozen layers' outputs come from the prefix cache the
 writes (``paths.prefix``): only the trainable top (``warmstart/prefix.py``: it shares its layers
 with the classifier) runs each epoch, which computes exactly what training the whole classifier
 would. With ``augment`` on, the cache is bypassed and the whole classifier trains on augmented
-images. The full classifier is saved. Every epoch is backed up under ``paths.checkpoints``: a
-re-run after a crash resumes at the next epoch (``warmstart/training.py``, EpochBackup).
+images. The full classifier is saved, and its validation-split predictions go to
+``paths.finetune_predictions`` (the trained top on the float32 validation prefix: the full
+model's outputs; ``warmstart/predictions.py``). Every epoch is backed up under
+``paths.checkpoints``: a re-run after a crash resumes at the next epoch
+(``warmstart/training.py``, EpochBackup).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from warmstart.model import compile_model, find_base, load_model, save_model, un
 from warmstart.params import Params
 from warmstart.prefix import top_model
 from warmstart.prefixcache import INFO_FILE, check_prefix, prefix_dataset
-from warmstart.stages.transfer import MODEL_FILE
+from warmstart.stages.transfer import MODEL_FILE, write_validation_predictions
 from warmstart.training import (
     HISTORY_FIELDS,
     EpochBackup,
@@ -60,6 +63,8 @@ def run_finetune(params: Params) -> Path:
         training, train, validation = training_setup(params, model, manifest)
         rows, backup = fit_more(params, training, (train, validation), done)
         save_model(model, params.path("finetune_model") / MODEL_FILE)
+        outputs = training.predict(validation, verbose=0)
+    write_validation_predictions(params, manifest, "finetune", outputs)
     write_history(params.path("finetune_history"), rows)
     write_json(params.path("finetune_metrics"), final_metrics(rows))
     if backup is not None:

@@ -34,7 +34,8 @@ from warmstart.hashing import sha256_of
 from warmstart.model import load_model
 from warmstart.params import GateParams, Params, as_dict
 from warmstart.predict import CLASSES_FILE, KERAS_FILE, read_labels
-from warmstart.stages.evaluate import class_probabilities, classification_metrics
+from warmstart.predictions import class_probabilities
+from warmstart.stages.evaluate import classification_metrics
 from warmstart.stages.model_card import data_version
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,9 @@
 
 Training on ``paths.features`` is exactly training the full model with the base frozen and in
 inference mode (no augmentation), at a tiny fraction of the cost. The trained head layers are
-then attached to the same base, so ``model.keras`` is the complete model on raw pixels.
+then attached to the same base, so ``model.keras`` is the complete model on raw pixels. Its
+validation-split predictions go to ``paths.transfer_predictions`` (``warmstart/predictions.py``):
+the trained head on the cached validation features, i.e. the full model's outputs.
 With ``augment`` on, every epoch sees different images, so the cache cannot be used: the full
 model (base frozen) is trained on augmented images instead, and the log says so. Every epoch is
 backed up under ``paths.checkpoints``: a re-run after a crash resumes at the next epoch, with the
@@ -20,7 +22,7 @@ import tensorflow as tf
 
 from warmstart.atomic import write_json
 from warmstart.augment import describe, with_augmentation
-from warmstart.dataset import Manifest, image_dataset
+from warmstart.dataset import Manifest, image_dataset, split_index
 from warmstart.distribute import make_strategy
 from warmstart.featurecache import BASE_FILE, INFO_FILE, check_features, load_features
 from warmstart.model import (
@@ -32,6 +34,7 @@ from warmstart.model import (
     save_model,
 )
 from warmstart.params import Params
+from warmstart.predictions import write_predictions
 from warmstart.training import (
     EpochBackup,
     final_metrics,
@@ -54,8 +57,9 @@ def run_transfer(params: Params) -> Path:
     seed_everything(params.train.seed, params.train.deterministic)
     manifest = Manifest.read(params.path("processed"))
     with strategy.scope():
-        model, backup = train_classifier(params, manifest)
+        model, backup, outputs = train_classifier(params, manifest)
         save_model(model, params.path("transfer_model") / MODEL_FILE)
+    write_validation_predictions(params, manifest, "transfer", outputs)
     write_history(params.path("transfer_history"), backup.rows)
     write_json(params.path("transfer_metrics"), final_metrics(backup.rows))
     backup.clean()
@@ -63,20 +67,31 @@ def run_transfer(params: Params) -> Path:
     return params.path("transfer_model") / MODEL_FILE
 
 
-def train_classifier(params: Params, manifest: Manifest) -> tuple[keras.Model, EpochBackup]:
-    """The classifier with its head trained (call inside the strategy's scope)."""
+def train_classifier(params: Params, manifest: Manifest
+                     ) -> tuple[keras.Model, EpochBackup, np.ndarray]:
+    """(classifier with its head trained, backup, its outputs on the validation split).
+
+    Call inside the strategy's scope."""
     base = load_model(params.path("features") / BASE_FILE)
     base.trainable = False
     check_features(params, manifest, base)
     layers = head_layers(len(manifest.classes), params.head.dropout)
     model = assemble_classifier(base, layers)
     if params.augment.enabled:
-        backup = train_augmented(params, model, manifest)
+        backup, outputs = train_augmented(params, model, manifest)
     else:
         splits = (params.data.train_split, params.data.validation_split)
-        backup = train_head(params, layers, len(manifest.classes), splits)
+        backup, outputs = train_head(params, layers, len(manifest.classes), splits)
     compile_model(model, len(manifest.classes), params.transfer.learning_rate)
-    return model, backup
+    return model, backup, outputs
+
+
+def write_validation_predictions(params: Params, manifest: Manifest, stage: str,
+                                 outputs: np.ndarray) -> None:
+    """``paths.<stage>_predictions``: the model's outputs on the validation split's images."""
+    paths, labels = split_index(manifest, params.data.validation_split)
+    write_predictions(params.path(f"{stage}_predictions"), paths, labels, outputs,
+                      manifest.classes)
 
 
 def transfer_backup(params: Params, train: tf.data.Dataset) -> EpochBackup:
@@ -88,7 +103,7 @@ def transfer_backup(params: Params, train: tf.data.Dataset) -> EpochBackup:
 
 
 def train_head(params: Params, layers: list[keras.layers.Layer], num_classes: int,
-               splits: tuple[str, str]) -> EpochBackup:
+               splits: tuple[str, str]) -> tuple[EpochBackup, np.ndarray]:
     x_train, y_train = load_features(params.path("features"), splits[0])
     x_val, y_val = load_features(params.path("features"), splits[1])
     logger.info("transfer: training the head on cached features (%d + %d images, %d dims)",
@@ -100,10 +115,11 @@ def train_head(params: Params, layers: list[keras.layers.Layer], num_classes: in
     val_data = feature_dataset(x_val, y_val, batch, seed=None)
     backup = transfer_backup(params, train_data)
     fit_resumable(head, train_data, val_data, backup)
-    return backup
+    return backup, head.predict(val_data, verbose=0)
 
 
-def train_augmented(params: Params, model: keras.Model, manifest: Manifest) -> EpochBackup:
+def train_augmented(params: Params, model: keras.Model, manifest: Manifest
+                    ) -> tuple[EpochBackup, np.ndarray]:
     """The whole classifier (base frozen) on augmented images: no cache can hold them."""
     logger.warning("transfer: augmentation is on (%s): the cached features are BYPASSED; every "
                    "epoch runs the frozen base on augmented images (much slower)",
@@ -116,7 +132,7 @@ def train_augmented(params: Params, model: keras.Model, manifest: Manifest) -> E
     validation = image_dataset(manifest, params.data.validation_split, batch)
     backup = transfer_backup(params, train)
     fit_resumable(training, train, validation, backup)
-    return backup
+    return backup, model.predict(validation, verbose=0)
 
 
 def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int,
