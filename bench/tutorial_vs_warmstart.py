@@ -160,6 +160,7 @@ def repro(args: argparse.Namespace, log: Path) -> dict:
     project = make_project(args.workdir / "repro", args)
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         measured(cmd, project, log)
+    shutil.copy(REPO / ".dvc" / "config", project / ".dvc" / "config")  # the repo's DVC config
     result = measured(["dvc", "repro", "evaluate"], project, log)
     return {**result, "transfer_val_accuracy": metric(project, "transfer"),
             "finetune_val_accuracy": metric(project, "finetune")}

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -20,7 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_dataset, tiny_params
+from tests.conftest import make_dataset, make_dvc_project, tiny_params
+from tests.conftest import run_command as dvc
 from warmstart.augment import augmentation_layers, with_augmentation
 from warmstart.cachekey import StaleCacheError
 from warmstart.dataset import Manifest, image_dataset, split_index
@@ -287,32 +285,17 @@ def test_cache_info_records_boundary_and_size(run: Params) -> None:
 
 # ---- invalidation through DVC ---------------------------------------------------------------
 
-def dvc(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{(done.stdout + done.stderr)[-4000:]}"
-    return done.stdout + done.stderr
-
-
 @pytest.mark.slow
 def test_dvc_reruns_the_caching_stages_on_any_relevant_change(tmp_path: Path) -> None:
     """`dvc status` after changing data, base, weights, image size or fine_tune_at."""
-    work = tmp_path / "project"
-    work.mkdir()
-    shutil.copy(REPO / "dvc.yaml", work)
-    shutil.copytree(REPO / "warmstart", work / "warmstart",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "schema", work / "schema")
+    raw = tiny_params(make_dataset(tmp_path / "source"),
+                      base={"weights": "weights/base.weights.h5"},
+                      validate={"skew_jsd": None, "skew_linf": None})
+    work = make_dvc_project(tmp_path / "project", raw)
     weights = work / "weights" / "base.weights.h5"
     weights.parent.mkdir()
     calibrated_base().save_weights(weights)
-    source = make_dataset(tmp_path / "source")
-    raw = tiny_params(source, base={"weights": "weights/base.weights.h5"},
-                      validate={"skew_jsd": None, "skew_linf": None})
-    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "features"]):
-        dvc(cmd, work)
+    dvc(["dvc", "repro", "features"], work)
     assert "up to date" in dvc(["dvc", "status", "--with-deps", "features"], work)
 
     def changed(section: str, key: str, value) -> set[str]:

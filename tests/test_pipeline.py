@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,18 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_dataset, tiny_params
+from tests.conftest import REPO, make_dataset, make_dvc_project, run_command, tiny_params
 
 STAGE_ORDER = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-5000:]}"
-    return output
+run = run_command
 
 
 def ran_stages(output: str) -> list[str]:
@@ -33,19 +26,7 @@ def ran_stages(output: str) -> list[str]:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A git + DVC project with this repo's dvc.yaml, code and schema, and tiny params."""
-    work = tmp_path / "project"
-    work.mkdir()
-    shutil.copy(REPO / "dvc.yaml", work)
-    shutil.copytree(REPO / "warmstart", work / "warmstart",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "schema", work / "schema")
-    source = make_dataset(tmp_path / "source")
-    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(source), sort_keys=False))
-    run(["git", "init", "-q"], work)
-    run(["git", "config", "user.email", "t@example.org"], work)
-    run(["git", "config", "user.name", "test"], work)
-    run(["dvc", "init", "-q"], work)
-    return work
+    return make_dvc_project(tmp_path / "project", tiny_params(make_dataset(tmp_path / "source")))
 
 
 def commit(work: Path, message: str) -> None:

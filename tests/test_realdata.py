@@ -10,17 +10,21 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from tests.conftest import REPO, SHARED_WEIGHTS_035, SHARED_ZIP, needs_shared, tiny_params
+from warmstart.dataset import Manifest, image_dataset
+from warmstart.model import load_model
 from warmstart.params import load_params
+from warmstart.predictions import class_probabilities, read_predictions
 from warmstart.stages.evaluate import run_evaluate
 from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune
 from warmstart.stages.ingest import run_ingest
 from warmstart.stages.preprocess import run_preprocess
-from warmstart.stages.transfer import run_transfer
+from warmstart.stages.transfer import MODEL_FILE, run_transfer
 from warmstart.stages.validate import run_validate
 
 PER_CLASS = {"train": 150, "validation": 100}
@@ -63,3 +67,11 @@ def test_real_subset_learns_well_above_chance(tmp_path: Path) -> None:
     assert results["transfer"]["accuracy"] > 0.8, results
     assert results["finetune"]["accuracy"] > 0.8, results
     assert results["finetune"]["roc_auc"] > 0.85, results
+    # evaluate scored the recorded predictions: the saved models reproduce them from the images
+    manifest = Manifest.read(params.path("processed"))
+    images = image_dataset(manifest, "validation", 64, cache=False).map(lambda x, y: x)
+    for stage in ("transfer", "finetune"):
+        model = load_model(params.path(f"{stage}_model") / MODEL_FILE)
+        recorded = read_predictions(params.path(f"{stage}_predictions")).probabilities
+        full = class_probabilities(model.predict(images, verbose=0))
+        np.testing.assert_allclose(recorded, full, atol=1e-5, err_msg=stage)

@@ -1,5 +1,3 @@
-import sys
+from warmstart.cli import run
 
-from warmstart.cli import main
-
-sys.exit(main())
+run()

@@ -55,8 +55,13 @@ def make_key(parts: dict[str, Any]) -> dict[str, Any]:
     return {"parts": parts, "key": hashlib.sha256(text.encode()).hexdigest()}
 
 
-def check_key(recorded: dict[str, Any], expected: dict[str, Any], cache: Path, fix: str) -> None:
-    """Raise StaleCacheError naming every part of ``recorded`` that differs from ``expected``."""
+def check_cache(info_file: Path, expected: dict[str, Any]) -> None:
+    """Refuse the cache described by ``info_file`` unless its key is ``expected``'s.
+
+    The StaleCacheError names every part that differs and how to refresh the cache (both caches
+    come from the ``features`` stage).
+    """
+    recorded = json.loads(info_file.read_text())
     wanted = make_key(expected)
     if recorded.get("key") == wanted["key"]:
         return
@@ -65,4 +70,6 @@ def check_key(recorded: dict[str, Any], expected: dict[str, Any], cache: Path, f
                      if old.get(k) != wanted["parts"].get(k))
     details = "; ".join(f"{k}: cached {old.get(k)!r}, now {wanted['parts'].get(k)!r}"
                         for k in changed)
-    raise StaleCacheError(f"The cache in {cache} is stale ({details}). {fix}")
+    raise StaleCacheError(f"The cache in {info_file.parent} is stale ({details}). Re-run the "
+                          "features stage: `dvc repro --force features` (or `dvc repro` after "
+                          "changing data or params).")

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
+from typing import NoReturn
 
 from warmstart.errors import WarmstartError
 from warmstart.params import DEFAULT_PARAMS_FILE, Params, load_params
@@ -100,6 +101,22 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s failed:\n%s", args.command, exc)
         return 1
     return 0
+
+
+def run() -> NoReturn:
+    """Entry point of ``warmstart`` and ``python -m warmstart``: :func:`main`, then exit at once.
+
+    With TensorFlow loaded, the interpreter's own teardown takes about a second, once per stage
+    process (measured: 0.96 s vs 0.12 s). By then every output is complete: written to a
+    temporary name, fsynced and renamed into place (``warmstart/atomic.py``), so the logs and
+    standard streams are flushed and the process ends without that teardown. A crash (an
+    exception other than WarmstartError) still goes through the normal interpreter exit.
+    """
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def run_predict(args: argparse.Namespace) -> int:

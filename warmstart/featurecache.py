@@ -9,13 +9,12 @@ place under the same path, which DVC cannot see; the transfer stage refuses a st
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from warmstart.cachekey import check_key, data_digest, weights_digest
+from warmstart.cachekey import check_cache, data_digest, weights_digest
 from warmstart.dataset import Manifest
 from warmstart.hashing import sha256_of
 from warmstart.params import Params
@@ -35,11 +34,7 @@ def features_key(params: Params, manifest: Manifest, base: keras.Model) -> dict:
 
 def check_features(params: Params, manifest: Manifest, base: keras.Model) -> None:
     """Refuse cached features that were not computed from this data, base and weights."""
-    folder = params.path("features")
-    recorded = json.loads((folder / INFO_FILE).read_text())
-    check_key(recorded, features_key(params, manifest, base), folder,
-              "Re-run the features stage: `dvc repro --force features` (or `dvc repro` after "
-              "changing data or params).")
+    check_cache(params.path("features") / INFO_FILE, features_key(params, manifest, base))
 
 
 def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -13,14 +13,13 @@ dtype). The finetune stage checks the key against the transfer model it trains.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from warmstart.cachekey import check_key, data_digest, weights_digest
+from warmstart.cachekey import check_cache, data_digest, weights_digest
 from warmstart.dataset import Manifest
 from warmstart.params import Params
 from warmstart.prefix import boundary_names
@@ -39,11 +38,7 @@ def prefix_key(params: Params, manifest: Manifest, base: keras.Model) -> dict:
 
 def check_prefix(params: Params, manifest: Manifest, base: keras.Model) -> None:
     """Refuse a prefix cache not computed from this data, cut and these frozen weights."""
-    folder = params.path("prefix")
-    recorded = json.loads((folder / INFO_FILE).read_text())
-    check_key(recorded, prefix_key(params, manifest, base), folder,
-              "Re-run the features stage: `dvc repro --force features` (or `dvc repro` after "
-              "changing data or params).")
+    check_cache(params.path("prefix") / INFO_FILE, prefix_key(params, manifest, base))
 
 
 def save_prefix(folder: Path, split: str, arrays: list[np.ndarray], labels: np.ndarray) -> None:
@@ -53,14 +48,25 @@ def save_prefix(folder: Path, split: str, arrays: list[np.ndarray], labels: np.n
 
 def prefix_dataset(folder: Path, split: str, batch_size: int,
                    seed: int | None) -> tf.data.Dataset:
-    """Batches of ((boundary tensors as float32), label), shuffled per epoch when seeded."""
+    """Batches of ((boundary tensors as float32), label), shuffled per epoch when seeded.
+
+    The arrays stay in memory once; each batch gathers its rows by index. Shuffling indices
+    instead of elements gives the same order as shuffling the elements with the same seed,
+    without a shuffle buffer holding a second copy of the cache (which also stalled the start of
+    some epochs by seconds).
+    """
     with np.load(folder / f"{split}.npz") as data:
         names = sorted((k for k in data.files if k.startswith("boundary_")),
                        key=lambda k: int(k.split("_")[1]))
-        arrays, labels = tuple(data[k] for k in names), data["labels"]
-    data = tf.data.Dataset.from_tensor_slices((arrays, labels))
+        arrays = tuple(tf.constant(data[k]) for k in names)
+        labels = tf.constant(data["labels"])
+    order = tf.data.Dataset.range(int(labels.shape[0]))
     if seed is not None:
-        data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    cast = lambda x, y: (tuple(tf.cast(t, tf.float32) for t in x), y)  # noqa: E731
-    return data.batch(batch_size).map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        order = order.shuffle(int(labels.shape[0]), seed=seed, reshuffle_each_iteration=True)
+
+    def rows(indices: tf.Tensor) -> tuple[tuple[tf.Tensor, ...], tf.Tensor]:
+        return (tuple(tf.cast(tf.gather(a, indices), tf.float32) for a in arrays),
+                tf.gather(labels, indices))
+
+    return order.batch(batch_size).map(rows, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import tree
 from tqdm import tqdm
 
@@ -86,11 +87,11 @@ def extract(extractor: keras.Model, manifest: Manifest, split: str, batch_size: 
     start, count = time.perf_counter(), manifest.count(split)
     pooled = np.empty((count, *extractor.outputs[0].shape[1:]), np.float32)
     boundary = [np.empty((count, *t.shape[1:]), dtype) for t in extractor.outputs[1:]]
-    offset = 0
+    offset, forward = 0, batch_forward(extractor)
     images = image_dataset(manifest, split, batch_size, cache=False)
     for batch, _ in tqdm(images, total=-(-count // batch_size), desc=f"features {split}",
                          unit="batch"):
-        outputs = tree.flatten(extractor.predict_on_batch(batch))
+        outputs = [output.numpy() for output in tree.flatten(forward(batch))]
         for array, output in zip([pooled, *boundary], outputs, strict=True):
             array[offset:offset + len(output)] = output
         offset += len(batch)
@@ -100,3 +101,10 @@ def extract(extractor: keras.Model, manifest: Manifest, split: str, batch_size: 
                 "(%.0f img/s)", split, count, pooled.shape[1:], len(boundary), size, dtype,
                 seconds, count / max(seconds, 1e-9))
     return pooled, boundary, seconds
+
+
+def batch_forward(model: keras.Model) -> tf.types.experimental.PolymorphicFunction:
+    """``model`` in inference mode, traced once for any batch size (the last batch is smaller:
+    ``predict_on_batch`` would trace the whole base a second time for it)."""
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    return tf.function(lambda images: model(images, training=False), input_signature=[spec])
