@@ -1,6 +1,6 @@
 """Side by side on the same data, weights, image size and machine: tutorial recipe vs warmstart.
 
-    uv run --frozen python bench/tutorial_vs_warmstart.py            # all, ~30 min on 2 cores
+    uv run --frozen python bench/tutorial_vs_warmstart.py            # all, ~15 min on 2 idle cores
 
 Parts (each can be skipped, so the benchmark can run piecewise):
 
