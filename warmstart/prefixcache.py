@@ -52,8 +52,7 @@ def prefix_dataset(folder: Path, split: str, batch_size: int,
 
     The arrays stay in memory once; each batch gathers its rows by index. Shuffling indices
     instead of elements gives the same order as shuffling the elements with the same seed,
-    without a shuffle buffer holding a second copy of the cache (which also stalled the start of
-    some epochs by seconds).
+    without a shuffle buffer holding a second copy of the cache.
     """
     with np.load(folder / f"{split}.npz") as data:
         names = sorted((k for k in data.files if k.startswith("boundary_")),
