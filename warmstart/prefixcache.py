@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from warmstart.cachekey import check_cache, data_digest, weights_digest
-from warmstart.dataset import Manifest
+from warmstart.dataset import Manifest, without_autotuning
 from warmstart.params import Params
 from warmstart.prefix import boundary_names
 
@@ -67,5 +67,5 @@ def prefix_dataset(folder: Path, split: str, batch_size: int,
         return (tuple(tf.cast(tf.gather(a, indices), tf.float32) for a in arrays),
                 tf.gather(labels, indices))
 
-    return order.batch(batch_size).map(rows, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE)
+    batches = order.batch(batch_size).map(rows, num_parallel_calls=tf.data.AUTOTUNE)
+    return without_autotuning(batches.prefetch(tf.data.AUTOTUNE))

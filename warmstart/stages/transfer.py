@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from warmstart.atomic import write_json
 from warmstart.augment import describe, with_augmentation
-from warmstart.dataset import Manifest, image_dataset, split_index
+from warmstart.dataset import Manifest, image_dataset, split_index, without_autotuning
 from warmstart.distribute import make_strategy
 from warmstart.featurecache import BASE_FILE, INFO_FILE, check_features, load_features
 from warmstart.model import (
@@ -140,4 +140,4 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int,
     data = tf.data.Dataset.from_tensor_slices((features, labels))
     if seed is not None:
         data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return without_autotuning(data.batch(batch_size).prefetch(tf.data.AUTOTUNE))
