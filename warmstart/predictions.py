@@ -6,7 +6,7 @@ with ``path`` (the image, relative to the data root), ``actual`` (its class) and
 them from the exact inputs of their trained layers, in the same process: the head on the frozen
 base's pooled features (transfer), the trainable top on the validation split's float32 prefix
 cache (finetune), or the whole model on the images when augmentation bypasses the caches. These
-equal the saved full model's predictions on the images (``tests/test_stages.py``), and the
+equal the saved full model's predictions on the images (``tests/test_cache.py``), and the
 ``export`` stage re-checks the saved model against them. Reading needs no TensorFlow: `evaluate`
 starts in about a second instead of importing TF and running both models again.
 """
