@@ -2,7 +2,7 @@
 
 Runs the export stage's code (artefacts, sizes, parity on the validation shards) into a
 temporary folder, never touching the project's models/, then predicts every image file under
-``--images`` with each artefact through ``warmstart.predict.predict_files`` (the same
+``--images`` with each artefact through ``warmstart.inference.predict.predict_files`` (the same
 decode + resize as training, batched tf.data) and prints images/s, end to end from file to
 class. The accuracy against the class folder names shows the file path agrees with `evaluate`.
 
@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from warmstart.params import load_params
-from warmstart.predict import find_labels, list_images, load_predictor, predict_files
+from warmstart.config.params import load_params
+from warmstart.inference.predict import find_labels, list_images, load_predictor, predict_files
 from warmstart.stages.export import artefacts, run_export
 
 

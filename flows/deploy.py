@@ -23,8 +23,8 @@ from typing import Any
 from flows.pipeline import DEFAULT_BRANCH, FLOW_NAME, pipeline
 from tasks.dvcops import check_project
 from tasks.workspace import parse_set_params
+from warmstart.config.params import DEFAULT_PARAMS_FILE, ParamsError, load_params
 from warmstart.errors import WarmstartError
-from warmstart.params import DEFAULT_PARAMS_FILE, ParamsError, load_params
 
 logger = logging.getLogger("flows.deploy")
 

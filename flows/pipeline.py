@@ -37,8 +37,8 @@ from tasks.workspace import (
     publish,
     workspace_lock,
 )
+from warmstart.config.params import DEFAULT_PARAMS_FILE, Params, ParamsError
 from warmstart.errors import WarmstartError
-from warmstart.params import DEFAULT_PARAMS_FILE, Params, ParamsError
 
 FLOW_NAME = "warmstart-pipeline"
 DEFAULT_BRANCH = "warmstart/runs"

@@ -14,7 +14,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.dvcops import StageOutcome, metrics_diff, metrics_show, params_diff
-from warmstart.params import Params
+from warmstart.config.params import Params
 
 METRICS_KEY = "warmstart-metrics"
 VALIDATION_KEY = "warmstart-validation"

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from tasks.dvcops import StageOutcome, locked_outs, repro_stage, stage_changes
-from warmstart.params import OrchestrationParams
+from warmstart.config.params import OrchestrationParams
 
 #: Stages that train: a retry reruns them from their inputs (see `retry_notice`).
 TRAINING_STAGES = ("transfer", "finetune")
@@ -60,7 +60,7 @@ def run_stage(project: str, stage: str) -> StageOutcome | State:
 
 def retry_notice(stage: str, attempt: int) -> str:
     """Say plainly what a retry does: a training stage resumes from its per-epoch backup
-    (warmstart/training.py, EpochBackup); any other stage runs again from its (unchanged,
+    (warmstart/modeling/training.py, EpochBackup); any other stage runs again from its (unchanged,
     DVC-tracked) inputs with the same seed."""
     what = (f"resuming '{stage}' after its last completed epoch from the per-epoch backup in "
             "paths.checkpoints (the log says 'resuming ... at epoch k'); without a backup of "

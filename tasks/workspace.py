@@ -3,7 +3,7 @@
 * :func:`workspace_lock` serializes pipeline runs in one checkout (an ``fcntl.flock`` on
   ``.dvc/tmp/warmstart-flow.lock``; the kernel drops it when the process dies).
 * :func:`apply_overrides` changes ``params.yaml`` the way ``dvc exp run -S`` does (DVC's own
-  Hydra-based code, comments kept), after validating the result with ``warmstart.params``.
+  Hydra-based code, comments kept), after validating the result with ``warmstart.config.params``.
 * :func:`publish` pushes DVC outputs to the default remote and commits ``dvc.lock``, params,
   metrics and plots to a git branch without touching the checked-out branch or the index.
 """
@@ -27,8 +27,14 @@ from typing import Any
 
 from tasks.dvcops import WorkspaceBusy, dvc_env, has_commits, stream
 from warmstart.atomic import atomic_path
+from warmstart.config.params import (
+    DEFAULT_PARAMS_FILE,
+    Params,
+    ParamsError,
+    params_from_dict,
+    read_yaml,
+)
 from warmstart.errors import WarmstartError
-from warmstart.params import DEFAULT_PARAMS_FILE, Params, ParamsError, params_from_dict, read_yaml
 
 LOCK_FILE = Path(".dvc") / "tmp" / "warmstart-flow.lock"
 
@@ -107,7 +113,7 @@ def apply_overrides(root: Path, overrides: Mapping[str, Any] | None) -> Params:
     """Apply overrides to params.yaml like `dvc exp run -S`; return the validated params.
 
     The new file is built and validated beside params.yaml and renamed into place only when
-    every value passes ``warmstart.params`` checks: a bad override changes nothing.
+    every value passes ``warmstart.config.params`` checks: a bad override changes nothing.
     """
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.hydra import apply_overrides as dvc_apply_overrides

@@ -147,7 +147,7 @@ def test_retry_reruns_a_failed_stage_from_params_settings(prefect, tmp_path: Pat
 
 
 def test_bad_override_changes_nothing(prefect, tmp_path: Path) -> None:
-    from warmstart.params import ParamsError
+    from warmstart.config.params import ParamsError
 
     project = make_project(tmp_path, stages=["ingest"])
     before = (project / "params.yaml").read_text()
@@ -271,7 +271,7 @@ def test_cli_runs_flow_with_set_params(prefect, tmp_path: Path) -> None:
 ])
 def test_orchestration_params_are_validated(tmp_path: Path, values: dict, key: str) -> None:
     from tests.conftest import tiny_params
-    from warmstart.params import ParamsError, params_from_dict
+    from warmstart.config.params import ParamsError, params_from_dict
 
     raw = tiny_params(tmp_path, orchestration=values)
     with pytest.raises(ParamsError) as error:
@@ -282,7 +282,7 @@ def test_orchestration_params_are_validated(tmp_path: Path, values: dict, key: s
 def test_stage_retries_must_name_dvc_stages(tmp_path: Path) -> None:
     from flows.pipeline import check_stage_retries
     from tests.conftest import tiny_params
-    from warmstart.params import ParamsError, params_from_dict
+    from warmstart.config.params import ParamsError, params_from_dict
 
     params = params_from_dict(tiny_params(tmp_path, orchestration={
         "stage_retries": {"finetnue": 2}}), root=tmp_path)

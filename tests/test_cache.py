@@ -19,22 +19,23 @@ import yaml
 
 from tests.conftest import make_dataset, make_dvc_project, tiny_params
 from tests.conftest import run_command as dvc
-from warmstart.augment import augmentation_layers, with_augmentation
-from warmstart.cachekey import StaleCacheError
-from warmstart.dataset import Manifest, image_dataset, split_index
-from warmstart.featurecache import BASE_FILE, check_features
-from warmstart.model import find_base, load_model, unfreeze_from
-from warmstart.params import Params, load_params
-from warmstart.predictions import class_probabilities, read_predictions
-from warmstart.prefix import boundary_names, prefix_model, top_model
-from warmstart.prefixcache import check_prefix
+from warmstart.config.params import Params, load_params
+from warmstart.data.records import Manifest, image_dataset, split_index
+from warmstart.inference.recorded import class_probabilities, read_predictions
+from warmstart.modeling.augment import augmentation_layers, with_augmentation
+from warmstart.modeling.cache_keys import StaleCacheError
+from warmstart.modeling.feature_cache import BASE_FILE, check_features
+from warmstart.modeling.model import find_base, load_model, unfreeze_from
+from warmstart.modeling.prefix_cache import check_prefix
+from warmstart.modeling.surgery import boundary_names, prefix_model, top_model
+from warmstart.modeling.training import seed_everything
 from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune
 from warmstart.stages.ingest import run_ingest
 from warmstart.stages.preprocess import run_preprocess
 from warmstart.stages.transfer import MODEL_FILE, run_transfer, train_head
-from warmstart.stages.validate import propose_schema, run_validate, write_schema
-from warmstart.training import seed_everything
+from warmstart.stages.validate import run_validate
+from warmstart.validation.schema import propose_schema, write_schema
 
 SIZE = 32
 
@@ -68,7 +69,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Params:
     (work / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(work / "params.yaml")
     run_ingest(params)
-    write_schema(params.path("schema"), propose_schema(params))
+    proposal = propose_schema(params.path("raw"), params.data.train_split, params.validate)
+    write_schema(params.path("schema"), proposal)
     for stage in (run_validate, run_preprocess, run_features, run_transfer, run_finetune):
         stage(params)
     return params

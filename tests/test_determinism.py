@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.test_stages import prepare
-from warmstart.model import load_model
+from warmstart.modeling.model import load_model
 from warmstart.stages.evaluate import run_evaluate
 from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune

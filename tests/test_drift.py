@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLASS_COLOURS, write_image
-from warmstart.params import Params, load_params
+from warmstart.config.params import Params, load_params
 from warmstart.stages.ingest import run_ingest
-from warmstart.stages.validate import ValidationFailed, run_validate
+from warmstart.stages.validate import run_validate
+from warmstart.validation.findings import ValidationFailed
 
 
 def version(root: Path, per_class: dict[str, dict[str, int]], size: int) -> Path:

@@ -15,10 +15,10 @@ import yaml
 from tests.conftest import make_dataset, tiny_params
 from warmstart.atomic import write_json
 from warmstart.cli import STAGES, main, stage_function
-from warmstart.dataset import MANIFEST_FILE, serialize_example, shard_name
-from warmstart.imaging import load_image
-from warmstart.model import load_model
-from warmstart.params import ExportParams, Params, ParamsError, load_params
+from warmstart.config.params import ExportParams, Params, ParamsError, load_params
+from warmstart.data.decode import load_image
+from warmstart.data.records import MANIFEST_FILE, serialize_example, shard_name
+from warmstart.modeling.model import load_model
 from warmstart.stages import export
 from warmstart.stages.export import ExportParityError, parity_problems, run_export
 from warmstart.stages.model_card import data_version, run_model_card, tree_digest

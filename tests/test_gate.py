@@ -13,9 +13,9 @@ import yaml
 from tests.conftest import CLASS_COLOURS, tiny_params
 from tests.test_export import processed_project
 from tests.test_predict import colour_model
-from warmstart.dataset import Manifest, image_dataset
+from warmstart.config.params import GateParams, Params, ParamsError, load_params
+from warmstart.data.records import Manifest, image_dataset
 from warmstart.hashing import sha256_of
-from warmstart.params import GateParams, Params, ParamsError, load_params
 from warmstart.stages.evaluate import run_evaluate
 from warmstart.stages.export import run_export
 from warmstart.stages.gate import GateFailed, run_gate

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import make_dataset, tiny_params
-from warmstart.params import load_params
+from warmstart.config.params import load_params
 from warmstart.stages.ingest import IngestError, download, run_ingest
 
 

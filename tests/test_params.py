@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, tiny_params
-from warmstart.params import MOBILENET_V2_LAYERS, ParamsError, load_params, params_from_dict
+from warmstart.config.params import MOBILENET_V2_LAYERS, ParamsError, load_params, params_from_dict
 
 
 def load(tmp_path: Path, params: dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, make_dataset, make_dvc_project, run_command, tiny_params
+from tests.helpers.imports import imported_modules, module_file
 
 STAGE_ORDER = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
 
@@ -71,28 +71,13 @@ def test_validation_failure_stops_the_pipeline(project: Path, tmp_path: Path) ->
     assert "Traceback" not in output
 
 
-def imported_modules(module: str, seen: set[str] | None = None) -> set[str]:
-    """warmstart modules ``module`` imports, transitively (static, incl. function-level)."""
-    seen = set() if seen is None else seen
-    path = REPO / (module.replace(".", "/") + ".py")
-    seen.add(module)
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        for name in names:
-            if name.startswith("warmstart.") and name not in seen:
-                imported_modules(name, seen)
-    return seen
-
-
 def test_dvc_yaml_deps_list_exactly_the_modules_each_stage_imports() -> None:
     from warmstart.cli import STAGES
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         needed = imported_modules(STAGES[name][0]) | imported_modules("warmstart.cli")
-        files = {m.replace(".", "/") + ".py" for m in needed}
+        files = {module_file(m).relative_to(REPO).as_posix() for m in needed}
         listed = {dep for dep in stage["deps"] if dep.startswith("warmstart/")}
         assert listed == files, (f"dvc.yaml stage {name!r}: missing {sorted(files - listed)}, "
                                  f"not imported {sorted(listed - files)}")

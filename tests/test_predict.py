@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from tests.conftest import CLASS_COLOURS, write_image
 from warmstart.cli import main
-from warmstart.imaging import load_image
-from warmstart.predict import (
+from warmstart.data.decode import load_image
+from warmstart.inference.predict import (
     CLASSES_FILE,
     PredictError,
     find_labels,

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, SHARED_WEIGHTS_035, SHARED_ZIP, needs_shared, tiny_params
-from warmstart.dataset import Manifest, image_dataset
-from warmstart.model import load_model
-from warmstart.params import load_params
-from warmstart.predictions import class_probabilities, read_predictions
+from warmstart.config.params import load_params
+from warmstart.data.records import Manifest, image_dataset
+from warmstart.inference.recorded import class_probabilities, read_predictions
+from warmstart.modeling.model import load_model
 from warmstart.stages.evaluate import run_evaluate
 from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune

@@ -22,14 +22,14 @@ import yaml
 
 from tests.conftest import REPO, make_dataset, tiny_params
 from tests.test_stages import prepare
-from warmstart.dataset import Manifest, image_dataset
-from warmstart.featurecache import load_features
-from warmstart.model import load_model
-from warmstart.params import Params, load_params
-from warmstart.prefixcache import prefix_dataset
+from warmstart.config.params import Params, load_params
+from warmstart.data.records import Manifest, image_dataset
+from warmstart.modeling.feature_cache import load_features
+from warmstart.modeling.model import load_model
+from warmstart.modeling.prefix_cache import prefix_dataset
+from warmstart.modeling.training import POINTER_FILE, skip_epochs
 from warmstart.stages.features import run_features
 from warmstart.stages.transfer import MODEL_FILE, feature_dataset, run_transfer
-from warmstart.training import POINTER_FILE, skip_epochs
 
 TRANSFER_EPOCHS, FINETUNE_EPOCHS = 6, 4
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from warmstart.model import ModelError, load_model
+from warmstart.modeling.model import ModelError, load_model
 
 
 def test_model_with_lambda_layer_is_refused(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_saved_models_are_byte_reproducible(tmp_path: Path) -> None:
     """Regression: Keras stamps the save time into .keras files, so equal models differed."""
     import time
 
-    from warmstart.model import save_model
+    from warmstart.modeling.model import save_model
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))

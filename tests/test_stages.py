@@ -14,31 +14,33 @@ import pytest
 import yaml
 
 from tests.conftest import CLASS_COLOURS, make_dataset, tiny_params
-from warmstart.dataset import Manifest, image_dataset, labels_of
-from warmstart.featurecache import load_features
-from warmstart.model import find_base, load_model, unfreeze_from
-from warmstart.params import Params, load_params
-from warmstart.predictions import (
+from warmstart.config.params import Params, load_params
+from warmstart.data.records import Manifest, image_dataset, labels_of
+from warmstart.inference.recorded import (
     Predictions,
     PredictionsError,
     read_predictions,
     write_predictions,
 )
+from warmstart.modeling.feature_cache import load_features
+from warmstart.modeling.model import find_base, load_model, unfreeze_from
+from warmstart.modeling.training import read_history
 from warmstart.stages.evaluate import check_same_images, run_evaluate
 from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune
 from warmstart.stages.ingest import run_ingest
 from warmstart.stages.preprocess import run_preprocess
 from warmstart.stages.transfer import MODEL_FILE, run_transfer
-from warmstart.stages.validate import propose_schema, run_validate, write_schema
-from warmstart.training import read_history
+from warmstart.stages.validate import run_validate
+from warmstart.validation.schema import propose_schema, write_schema
 
 
 def prepare(work: Path) -> Params:
     """ingest + schema (proposed from this data) + validate + preprocess."""
     params = load_params(work / "params.yaml")
     run_ingest(params)
-    write_schema(params.path("schema"), propose_schema(params))
+    proposal = propose_schema(params.path("raw"), params.data.train_split, params.validate)
+    write_schema(params.path("schema"), proposal)
     run_validate(params)
     run_preprocess(params)
     return params

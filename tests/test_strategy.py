@@ -21,10 +21,10 @@ import yaml
 
 from tests.conftest import REPO, SHARED_WEIGHTS_035, make_dataset, needs_shared, tiny_params
 from tests.test_stages import prepare
-from warmstart.dataset import Manifest, image_dataset, labels_of
-from warmstart.distribute import StrategyError, check_tf_config, make_strategy
-from warmstart.model import load_model
-from warmstart.params import Params, ParamsError, params_from_dict
+from warmstart.config.params import Params, ParamsError, params_from_dict
+from warmstart.data.records import Manifest, image_dataset, labels_of
+from warmstart.modeling.distribute import StrategyError, check_tf_config, make_strategy
+from warmstart.modeling.model import load_model
 from warmstart.stages.features import run_features
 from warmstart.stages.transfer import MODEL_FILE
 
@@ -112,7 +112,7 @@ def test_mirrored_on_two_cpu_devices_follows_the_default_strategy_step_for_step(
 
 KERAS_FIX = TWO_CPUS.replace("from warmstart.cli import main; sys.exit(main(sys.argv[1:]))", """
 import json, keras, numpy as np
-from warmstart.distribute import make_strategy
+from warmstart.modeling.distribute import make_strategy
 strategy = make_strategy("mirrored", 8)
 x = np.zeros((8, 3), "float32"); x[4:] = 1.0; y = np.ones(8, "float32")
 data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)

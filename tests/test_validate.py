@@ -12,18 +12,14 @@ import yaml
 from PIL import Image
 
 from tests.conftest import CLASS_COLOURS, REPO, make_dataset, write_image
-from warmstart.imagetable import bounded_map, sniff_format
-from warmstart.params import ParamsError, load_params, params_from_dict
-from warmstart.phash import hamming, near_pairs, phash
+from warmstart.config.params import ParamsError, load_params, params_from_dict
+from warmstart.data.validated import read_validated
 from warmstart.stages.ingest import run_ingest
-from warmstart.stages.validate import (
-    ValidationFailed,
-    propose_schema,
-    run_validate,
-    schema_diff,
-    write_schema,
-)
-from warmstart.validated import read_validated
+from warmstart.stages.validate import run_validate
+from warmstart.validation.findings import ValidationFailed
+from warmstart.validation.phash import hamming, near_pairs, phash
+from warmstart.validation.schema import propose_schema, schema_diff, write_schema
+from warmstart.validation.table import bounded_map, sniff_format
 
 
 def ingest(work: Path):
@@ -103,7 +99,7 @@ def test_schema_proposal_for_three_classes(workspace: Callable[..., Path],
                                            tmp_path: Path) -> None:
     source = make_dataset(tmp_path / "src", classes=tuple(CLASS_COLOURS))
     params = ingest(workspace(source, schema=None))
-    proposal = propose_schema(params)
+    proposal = propose_schema(params.path("raw"), params.data.train_split, params.validate)
     assert "+  value: \"birds\"" in schema_diff(params.path("schema"), proposal)
     write_schema(params.path("schema"), proposal)
     assert schema_diff(params.path("schema"), proposal) == ""

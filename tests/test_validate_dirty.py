@@ -14,13 +14,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_dataset, write_image
-from warmstart.dataset import Manifest
-from warmstart.params import Params, load_params
+from warmstart.config.params import Params, load_params
+from warmstart.data.records import Manifest
+from warmstart.data.validated import read_validated
 from warmstart.stages.features import run_features
 from warmstart.stages.preprocess import run_preprocess
 from warmstart.stages.transfer import run_transfer
-from warmstart.stages.validate import ValidationFailed, run_validate
-from warmstart.validated import read_validated
+from warmstart.stages.validate import run_validate
+from warmstart.validation.findings import ValidationFailed
 
 #: file (relative to the raw folder) -> words its reason must contain. Every file here is bad.
 BAD_FILES = {

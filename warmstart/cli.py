@@ -12,8 +12,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import NoReturn
 
+from warmstart.config.params import DEFAULT_PARAMS_FILE, Params, load_params
 from warmstart.errors import WarmstartError
-from warmstart.params import DEFAULT_PARAMS_FILE, Params, load_params
 
 logger = logging.getLogger("warmstart")
 
@@ -120,7 +120,7 @@ def run() -> NoReturn:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    predict = import_module("warmstart.predict")
+    predict = import_module("warmstart.inference.predict")
     sys.stdout.write(predict.predict(
         args.model, args.images, top_k=args.top_k, fmt=args.format, batch_size=args.batch_size,
         classes=args.classes, fallback_classes=project_manifest(args.params),

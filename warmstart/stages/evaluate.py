@@ -2,7 +2,7 @@
 
 Scores the predictions the transfer and finetune stages recorded for the validation split
 (``paths.transfer_predictions``, ``paths.finetune_predictions``: the full models' outputs, see
-``warmstart/predictions.py``; ``export`` checks the saved model reproduces them from the images).
+``inference/recorded.py``; ``export`` checks the saved model reproduces them from the images).
 Needs no TensorFlow, so it takes about a second and re-runs alone when ``evaluate.threshold``
 changes. Writes ``paths.evaluate_metrics`` ({"transfer": {...}, "finetune": {...}}: loss,
 accuracy, precision, recall, F1, ROC-AUC, confusion matrix) and, per model,
@@ -20,8 +20,8 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from warmstart.atomic import atomic_dir, write_json
-from warmstart.params import Params
-from warmstart.predictions import (
+from warmstart.config.params import Params
+from warmstart.inference.recorded import (
     Predictions,
     PredictionsError,
     predict_labels,

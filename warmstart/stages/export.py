@@ -7,7 +7,7 @@ Writes the folder ``paths.export_model``:
   endpoints ``serve`` (float32 0-255 pixels at the training size; also ``serving_default``),
   ``serve_uint8`` (uint8 images of ANY size, one size per batch) and ``serve_encoded``
   (JPEG/PNG/GIF/BMP bytes); both resize inside with the training's own
-  :func:`warmstart.imaging.resize_uint8` (and decode with ``decode_rgb``);
+  :func:`warmstart.data.decode.resize_uint8` (and decode with ``decode_rgb``);
   ``assets.extra/classes.json`` makes the folder self-contained;
 - ``model_float32.tflite`` and, with ``export.int8``, ``model_int8.tflite`` (dynamic-range
   quantised weights);
@@ -36,12 +36,11 @@ import numpy as np
 import tensorflow as tf
 
 from warmstart.atomic import atomic_dir, atomic_path, write_json
-from warmstart.dataset import Manifest, image_dataset
+from warmstart.config.params import ExportParams, Params
+from warmstart.data.decode import decode_rgb, resize_uint8
+from warmstart.data.records import Manifest, image_dataset
 from warmstart.errors import WarmstartError
-from warmstart.imaging import decode_rgb, resize_uint8
-from warmstart.model import load_model
-from warmstart.params import ExportParams, Params
-from warmstart.predict import (
+from warmstart.inference.predict import (
     CLASSES_FILE,
     KERAS_FILE,
     SAVED_MODEL_DIR,
@@ -51,12 +50,13 @@ from warmstart.predict import (
     load_predictor,
     write_labels,
 )
-from warmstart.predictions import (
+from warmstart.inference.recorded import (
     PredictionsError,
     class_probabilities,
     predict_labels,
     read_predictions,
 )
+from warmstart.modeling.model import load_model
 from warmstart.stages.transfer import MODEL_FILE
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ pass, into two DVC outputs:
   ``features.json`` (counts, timings and the cache key: data, image size, alpha, weights file
   hash, base weights). The transfer stage depends on this output only, so changing
   ``fine_tune_at`` leaves it byte-identical and DVC does not re-run transfer.
-* ``paths.prefix``: the boundary tensors of the fine-tune cut (see ``warmstart/prefixcache.py``):
+* ``paths.prefix``: the boundary tensors of the fine-tune cut (see ``modeling/prefix_cache.py``):
   the training split as ``finetune.cache_dtype``, every other split as float32, so that the
   validation metrics and predictions of the finetune stage are exactly the full model's.
 """
@@ -28,15 +28,15 @@ from keras import tree
 from tqdm import tqdm
 
 from warmstart.atomic import atomic_dir, write_json
-from warmstart.cachekey import make_key
-from warmstart.dataset import Manifest, image_dataset, labels_of
-from warmstart.featurecache import BASE_FILE, INFO_FILE, features_key
-from warmstart.model import build_base, save_model, scale_to_unit
-from warmstart.params import Params
-from warmstart.prefix import boundary_names, boundary_tensors
-from warmstart.prefixcache import INFO_FILE as PREFIX_INFO_FILE
-from warmstart.prefixcache import prefix_key, save_prefix
-from warmstart.training import seed_everything
+from warmstart.config.params import Params
+from warmstart.data.records import Manifest, image_dataset, labels_of
+from warmstart.modeling.cache_keys import make_key
+from warmstart.modeling.feature_cache import BASE_FILE, INFO_FILE, features_key
+from warmstart.modeling.model import build_base, save_model, scale_to_unit
+from warmstart.modeling.prefix_cache import INFO_FILE as PREFIX_INFO_FILE
+from warmstart.modeling.prefix_cache import prefix_key, save_prefix
+from warmstart.modeling.surgery import boundary_names, boundary_tensors
+from warmstart.modeling.training import seed_everything
 
 logger = logging.getLogger(__name__)
 

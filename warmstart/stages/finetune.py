@@ -4,14 +4,14 @@ Loads ``<transfer_model>/model.keras``, makes base layers ``finetune.fine_tune_a
 trainable (BatchNorm stays in inference mode), recompiles with the lower
 ``finetune.learning_rate`` and trains ``finetune.epochs`` more epochs, continuing the epoch count
 of the transfer stage. The frozen layers' outputs come from the prefix cache the `features` stage
-writes (``paths.prefix``): only the trainable top (``warmstart/prefix.py``: it shares its layers
+writes (``paths.prefix``): only the trainable top (``modeling/surgery.py``: it shares its layers
 with the classifier) runs each epoch, which computes exactly what training the whole classifier
 would. With ``augment`` on, the cache is bypassed and the whole classifier trains on augmented
 images. The full classifier is saved, and its validation-split predictions go to
 ``paths.finetune_predictions`` (the trained top on the float32 validation prefix: the full
-model's outputs; ``warmstart/predictions.py``). Every epoch is backed up under
+model's outputs; ``inference/recorded.py``). Every epoch is backed up under
 ``paths.checkpoints``: a re-run after a crash resumes at the next epoch
-(``warmstart/training.py``, EpochBackup).
+(``modeling/training.py``, EpochBackup).
 """
 
 from __future__ import annotations
@@ -23,16 +23,15 @@ import keras
 import tensorflow as tf
 
 from warmstart.atomic import write_json
-from warmstart.augment import describe, with_augmentation
-from warmstart.dataset import Manifest, image_dataset
-from warmstart.distribute import make_strategy
+from warmstart.config.params import Params
+from warmstart.data.records import Manifest, image_dataset
 from warmstart.hashing import sha256_of
-from warmstart.model import compile_model, find_base, load_model, save_model, unfreeze_from
-from warmstart.params import Params
-from warmstart.prefix import top_model
-from warmstart.prefixcache import INFO_FILE, check_prefix, prefix_dataset
-from warmstart.stages.transfer import MODEL_FILE, write_validation_predictions
-from warmstart.training import (
+from warmstart.modeling.augment import describe, with_augmentation
+from warmstart.modeling.distribute import make_strategy
+from warmstart.modeling.model import compile_model, find_base, load_model, save_model, unfreeze_from
+from warmstart.modeling.prefix_cache import INFO_FILE, check_prefix, prefix_dataset
+from warmstart.modeling.surgery import top_model
+from warmstart.modeling.training import (
     HISTORY_FIELDS,
     EpochBackup,
     final_metrics,
@@ -43,6 +42,7 @@ from warmstart.training import (
     seed_everything,
     write_history,
 )
+from warmstart.stages.transfer import MODEL_FILE, write_validation_predictions
 
 logger = logging.getLogger(__name__)
 

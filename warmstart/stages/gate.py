@@ -28,13 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from warmstart.atomic import atomic_dir, write_json
-from warmstart.dataset import Manifest, image_dataset, labels_of
+from warmstart.config.params import GateParams, Params, as_dict
+from warmstart.data.records import Manifest, image_dataset, labels_of
 from warmstart.errors import WarmstartError
 from warmstart.hashing import sha256_of
-from warmstart.model import load_model
-from warmstart.params import GateParams, Params, as_dict
-from warmstart.predict import CLASSES_FILE, KERAS_FILE, read_labels
-from warmstart.predictions import class_probabilities
+from warmstart.inference.predict import CLASSES_FILE, KERAS_FILE, read_labels
+from warmstart.inference.recorded import class_probabilities
+from warmstart.modeling.model import load_model
 from warmstart.stages.evaluate import classification_metrics
 from warmstart.stages.model_card import data_version
 

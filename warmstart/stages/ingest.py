@@ -20,9 +20,9 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from warmstart.atomic import atomic_dir, atomic_path
+from warmstart.config.params import DataParams, Params, is_url
 from warmstart.errors import WarmstartError
 from warmstart.hashing import CHUNK_BYTES, sha256_of
-from warmstart.params import DataParams, Params, is_url
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from warmstart.atomic import write_text
-from warmstart.dataset import Manifest
-from warmstart.params import Params, as_dict
+from warmstart.config.params import Params, as_dict
+from warmstart.data.records import Manifest
 
 logger = logging.getLogger(__name__)
 

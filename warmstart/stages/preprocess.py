@@ -15,10 +15,10 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from warmstart.atomic import atomic_dir, write_json
-from warmstart.dataset import MANIFEST_FILE, serialize_example, shard_name
-from warmstart.imaging import load_image
-from warmstart.params import Params
-from warmstart.validated import read_validated
+from warmstart.config.params import Params
+from warmstart.data.decode import load_image
+from warmstart.data.records import MANIFEST_FILE, serialize_example, shard_name
+from warmstart.data.validated import read_validated
 
 logger = logging.getLogger(__name__)
 

@@ -3,12 +3,12 @@
 Training on ``paths.features`` is exactly training the full model with the base frozen and in
 inference mode (no augmentation), at a tiny fraction of the cost. The trained head layers are
 then attached to the same base, so ``model.keras`` is the complete model on raw pixels. Its
-validation-split predictions go to ``paths.transfer_predictions`` (``warmstart/predictions.py``):
+validation-split predictions go to ``paths.transfer_predictions`` (``inference/recorded.py``):
 the trained head on the cached validation features, i.e. the full model's outputs.
 With ``augment`` on, every epoch sees different images, so the cache cannot be used: the full
 model (base frozen) is trained on augmented images instead, and the log says so. Every epoch is
 backed up under ``paths.checkpoints``: a re-run after a crash resumes at the next epoch, with the
-same result as an uninterrupted run (``warmstart/training.py``, EpochBackup).
+same result as an uninterrupted run (``modeling/training.py``, EpochBackup).
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import numpy as np
 import tensorflow as tf
 
 from warmstart.atomic import write_json
-from warmstart.augment import describe, with_augmentation
-from warmstart.dataset import Manifest, image_dataset, split_index, without_autotuning
-from warmstart.distribute import make_strategy
-from warmstart.featurecache import BASE_FILE, INFO_FILE, check_features, load_features
-from warmstart.model import (
+from warmstart.config.params import Params
+from warmstart.data.records import Manifest, image_dataset, split_index, without_autotuning
+from warmstart.inference.recorded import write_predictions
+from warmstart.modeling.augment import describe, with_augmentation
+from warmstart.modeling.distribute import make_strategy
+from warmstart.modeling.feature_cache import BASE_FILE, INFO_FILE, check_features, load_features
+from warmstart.modeling.model import (
     assemble_classifier,
     compile_model,
     head_layers,
@@ -33,9 +35,7 @@ from warmstart.model import (
     load_model,
     save_model,
 )
-from warmstart.params import Params
-from warmstart.predictions import write_predictions
-from warmstart.training import (
+from warmstart.modeling.training import (
     EpochBackup,
     final_metrics,
     fit_resumable,

@@ -3,7 +3,7 @@
 While fine-tuning, base layers before ``finetune.fine_tune_at`` are frozen and BatchNorm runs in
 inference mode, so they compute the same activations every epoch. The ``features`` stage stores,
 once per image, every tensor that crosses from the frozen layers into the trainable ones (the
-*boundary*, see ``warmstart/prefix.py``) in ``paths.prefix``, the training split as
+*boundary*, see ``warmstart/modeling/surgery.py``) in ``paths.prefix``, the training split as
 ``finetune.cache_dtype`` (float16 halves the memory; measured: same accuracy), the validation
 split always as float32 (exact validation metrics and predictions):
 ``<split>.npz`` (``boundary_<i>`` arrays and ``labels``) and ``prefix.json`` (boundary layers,
@@ -19,10 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from warmstart.cachekey import check_cache, data_digest, weights_digest
-from warmstart.dataset import Manifest, without_autotuning
-from warmstart.params import Params
-from warmstart.prefix import boundary_names
+from warmstart.config.params import Params
+from warmstart.data.records import Manifest, without_autotuning
+from warmstart.modeling.cache_keys import check_cache, data_digest, weights_digest
+from warmstart.modeling.surgery import boundary_names
 
 INFO_FILE = "prefix.json"
 

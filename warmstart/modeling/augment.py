@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from warmstart.params import AugmentParams
+from warmstart.config.params import AugmentParams
 
 
 def augmentation_layers(augment: AugmentParams, seed: int) -> list[keras.layers.Layer]:

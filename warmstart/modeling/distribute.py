@@ -109,9 +109,9 @@ def describe(strategy: tf.distribute.Strategy, name: str, batch_size: int) -> No
 def patch_keras_distribution() -> None:
     """Make Keras 3.3 all-reduce gradients and aggregate variables under tf.distribute."""
     if not keras.__version__.startswith(PATCHED_KERAS):
-        logger.warning("Keras %s: the tf.distribute fixes of warmstart/distribute.py are verified "
-                       "on Keras %s only; run tests/test_strategy.py before trusting a "
-                       "multi-replica run", keras.__version__, " ".join(PATCHED_KERAS))
+        logger.warning("Keras %s: the tf.distribute fixes of warmstart/modeling/distribute.py "
+                       "are verified on Keras %s only; run tests/test_strategy.py before trusting "
+                       "a multi-replica run", keras.__version__, " ".join(PATCHED_KERAS))
         return
     from keras.src.backend.tensorflow import core, optimizer
 

@@ -30,9 +30,9 @@ import tensorflow as tf
 from PIL import Image, ImageStat, UnidentifiedImageError
 from tqdm import tqdm
 
-from warmstart.imaging import decode_rgb
-from warmstart.params import ValidateParams
-from warmstart.phash import phash
+from warmstart.config.params import ValidateParams
+from warmstart.data.decode import decode_rgb
+from warmstart.validation.phash import phash
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A model is a ``.keras`` file, a ``.tflite`` file, a SavedModel folder (``saved_model.pb``, its
 ``serve`` endpoint) or a folder holding ``model.keras``. Images go through the exact decode +
-resize of training (:func:`warmstart.imaging.load_image`), batched in a tf.data pipeline. Class
+resize of training (:func:`warmstart.data.decode.load_image`), batched in a tf.data pipeline. Class
 names and the decision threshold come from ``classes.json`` beside the model (the export stage
 writes it; in a SavedModel it lies in ``assets.extra/``), from ``--classes`` (a ``classes.json``
 or the training run's ``manifest.json``), or else from the manifest of the current project.
@@ -29,10 +29,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from warmstart.atomic import write_json
+from warmstart.data.decode import load_image
 from warmstart.errors import WarmstartError
-from warmstart.imaging import load_image
-from warmstart.model import load_model
-from warmstart.predictions import class_probabilities, predict_labels
+from warmstart.inference.recorded import class_probabilities, predict_labels
+from warmstart.modeling.model import load_model
 
 logger = logging.getLogger(__name__)
 

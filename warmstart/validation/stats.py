@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from tensorflow_data_validation.coders import csv_decoder
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
-from warmstart.imagetable import CATEGORICAL_COLUMNS, FLOAT_COLUMNS, STAT_COLUMNS
+from warmstart.validation.table import CATEGORICAL_COLUMNS, FLOAT_COLUMNS, STAT_COLUMNS
 
 logger = logging.getLogger(__name__)
 

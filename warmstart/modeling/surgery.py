@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 from keras import tree
 
-from warmstart.model import find_base, scale_to_unit
+from warmstart.modeling.model import find_base, scale_to_unit
 
 
 def _producer(tensor) -> keras.layers.Layer:

@@ -15,9 +15,9 @@ import pandas as pd
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from warmstart.imagetable import NO_CLASS, OK, empty_class_folders
-from warmstart.params import ValidateParams
-from warmstart.phash import hamming, near_pairs
+from warmstart.config.params import ValidateParams
+from warmstart.validation.phash import hamming, near_pairs
+from warmstart.validation.table import NO_CLASS, OK, empty_class_folders
 
 #: Why a colour mode is a problem, for the per-file reasons.
 MODE_HINTS = {"L": "grayscale", "LA": "grayscale with alpha: alpha is dropped",
@@ -234,3 +234,30 @@ def _groups(pairs: Iterable[tuple[int, int, int]], count: int) -> list[list[int]
     for i in range(count):
         groups.setdefault(root(i), []).append(i)
     return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def dataset_checks(clean: pd.DataFrame, splits: tuple[str, str], total: int,
+                   limits: ValidateParams) -> list[Problem]:
+    """Rules over the files that are trained on: enough classes, in every split; and not too
+    many files quarantined."""
+    problems = []
+    train_classes = set(class_names(clean, splits[0]))
+    if len(train_classes) < 2:
+        problems.append(Problem("classes", f"split '{splits[0]}' has {len(train_classes)} "
+                                "class folder(s) with usable images; at least 2 are needed"))
+    for split in splits[1:]:
+        present = set(clean.loc[clean["split"] == split, "label"])
+        problems += [Problem("missing class", f"class '{label}' has no usable images in "
+                             f"'{split}'") for label in sorted(train_classes - present)]
+    excluded = total - len(clean)
+    if total and excluded / total > limits.max_quarantine_fraction:
+        problems.append(Problem(
+            "too many bad files", f"{excluded} of {total} files ({excluded / total:.1%}) are "
+            f"quarantined, above validate.max_quarantine_fraction="
+            f"{limits.max_quarantine_fraction}: something is systematically wrong"))
+    return problems
+
+
+def class_names(table: pd.DataFrame, train_split: str) -> list[str]:
+    labels = table.loc[table["split"] == train_split, "label"]
+    return sorted(set(labels) - {NO_CLASS})

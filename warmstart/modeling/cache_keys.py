@@ -16,7 +16,7 @@ from typing import Any
 
 import keras
 
-from warmstart.dataset import MANIFEST_FILE, Manifest
+from warmstart.data.records import MANIFEST_FILE, Manifest
 from warmstart.errors import WarmstartError
 from warmstart.hashing import sha256_of
 

@@ -13,19 +13,16 @@ import html
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from warmstart.atomic import write_text
-from warmstart.imagetable import OK, STAT_COLUMNS
-from warmstart.imaging import decode_rgb
-from warmstart.params import Params
-
-if TYPE_CHECKING:
-    from warmstart.stages.validate import Findings
+from warmstart.config.params import Params
+from warmstart.data.decode import decode_rgb
+from warmstart.validation.findings import Findings
+from warmstart.validation.table import OK, STAT_COLUMNS
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from warmstart.atomic import atomic_dir, write_json, write_text
+from warmstart.config.params import Params, as_dict
 from warmstart.errors import WarmstartError
-from warmstart.params import Params, as_dict
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def run_fingerprint(params: Params, stage: str, sections: tuple[str, ...],
 def code_digest() -> str:
     """sha256 over the warmstart package's sources: a backup is not resumed by other code."""
     digest = hashlib.sha256()
-    package = Path(__file__).parent
+    package = Path(__file__).parents[1]
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
@@ -209,7 +209,7 @@ def code_digest() -> str:
 
 
 def recorded_key(info_file: Path) -> str:
-    """The cache key a caching stage recorded in its info file (see warmstart/cachekey.py)."""
+    """The cache key a caching stage recorded in its info file (see modeling/cache_keys.py)."""
     return json.loads(info_file.read_text())["key"]
 
 

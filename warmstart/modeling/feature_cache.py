@@ -14,10 +14,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from warmstart.cachekey import check_cache, data_digest, weights_digest
-from warmstart.dataset import Manifest
+from warmstart.config.params import Params
+from warmstart.data.records import Manifest
 from warmstart.hashing import sha256_of
-from warmstart.params import Params
+from warmstart.modeling.cache_keys import check_cache, data_digest, weights_digest
 
 BASE_FILE = "base.keras"
 INFO_FILE = "features.json"

@@ -15,9 +15,9 @@ from pathlib import Path
 import keras
 
 from warmstart.atomic import atomic_path
+from warmstart.config.params import BaseParams
 from warmstart.errors import WarmstartError
 from warmstart.hashing import sha256_of
-from warmstart.params import BaseParams
 
 logger = logging.getLogger(__name__)
 

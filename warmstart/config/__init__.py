@@ -1,0 +1,1 @@
+"""Params: params.yaml read once into typed, validated config objects."""

@@ -1,0 +1,1 @@
+"""Using trained models: predictions on image files and the recorded validation predictions."""

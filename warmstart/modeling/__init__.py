@@ -1,0 +1,1 @@
+"""The classifier, its training loop, distribution strategies, graph surgery and caches."""
