@@ -56,7 +56,7 @@ def check_cron(expression: str, timezone: str) -> None:
                           f"{exc.errors()[0]['msg']}", "Use a standard 5-field cron.") from exc
 
 
-def flow_parameters(project: str, overrides: dict[str, str], publish: bool,
+def flow_parameters(project: str, overrides: dict[str, str | None], publish: bool,
                     branch: str) -> dict[str, Any]:
     return {"project": project, "overrides": overrides or None, "publish_results": publish,
             "publish_branch": branch}

@@ -39,6 +39,7 @@ from tasks.workspace import (
 )
 from warmstart.config.params import DEFAULT_PARAMS_FILE, Params, ParamsError
 from warmstart.errors import WarmstartError
+from warmstart.versions import locked_stages
 
 FLOW_NAME = "warmstart-pipeline"
 DEFAULT_BRANCH = "warmstart/runs"
@@ -138,9 +139,7 @@ def check_clean(root: Path) -> None:
 
 def dataset_version(root: Path, params: Params) -> str:
     """Short DVC hash of ``paths.raw`` as recorded in dvc.lock: the dataset this run used."""
-    lock = root / "dvc.lock"
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
-    for entry in stages.values():
+    for entry in locked_stages(root).values():
         for out in entry.get("outs", []):
             if out.get("path") == params.paths.raw:
                 return (out.get("md5") or out.get("hash") or "?")[:8]

@@ -1,8 +1,11 @@
 """DVC plumbing for the Prefect flow: stage order, status, `dvc repro` of one stage, metrics.
 
 DVC decides *what* runs (it owns the hashes of deps, params and outs and writes `dvc.lock`);
-the flow decides order, retries and what is shown. Nothing here imports Prefect, so the same
-functions are usable (and tested) without a Prefect server.
+the flow decides order, retries and what is shown. DVC is used through its command line only
+(`dvc repro --dry`, `dvc status --json`, `dvc repro --single-item`, `dvc metrics/params diff
+--json`, `dvc plots show --json`) and the documented dvc.lock format, never its internals.
+Nothing here imports Prefect, so the same functions are usable (and tested) without a Prefect
+server.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from warmstart import versions
 from warmstart.errors import WarmstartError
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,8 @@ logger = logging.getLogger(__name__)
 #: How many output lines of a failed stage its error message keeps.
 ERROR_TAIL_LINES = 40
 DVC_LOCK_MESSAGE = "Unable to acquire lock"
+#: `dvc repro --dry` names each stage it would run, in its order, on a line of its own.
+PLANNED_STAGE = re.compile(r"^Running stage '([^']+)':$", re.MULTILINE)
 
 
 class StageFailed(WarmstartError):
@@ -75,38 +80,21 @@ def dvc_env() -> dict[str, str]:
             "TQDM_MININTERVAL": "10"}
 
 
-def _repo(root: Path):
-    from dvc.repo import Repo
-
-    return Repo(str(root))
-
-
-def stage_order(root: Path) -> list[str]:
-    """Every stage of dvc.yaml in the order `dvc repro` runs them (DVC's own planner), so
-    a flow run and `dvc repro` run stages, and write dvc.lock entries, in the same order."""
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
-    from dvc.stage import PipelineStage
-
-    with _repo(root) as repo:
-        stages = collect_stages(repo, [str(root / "dvc.yaml")])
-        steps = plan_repro(get_active_graph(repo.index.graph), stages)
-        return [stage.name for stage in steps if isinstance(stage, PipelineStage)]
+def stage_order(root: Path, target: str = "") -> list[str]:
+    """Every stage of dvc.yaml (or ``target`` and the stages it needs) in the order `dvc repro`
+    runs them, so a flow run and `dvc repro` run stages, and write dvc.lock entries, in the same
+    order. DVC's own plan, as `dvc repro --dry --force` prints it: nothing runs."""
+    planned = run_dvc(root, "repro", "--dry", "--force", *([target] if target else []))
+    return PLANNED_STAGE.findall(planned)
 
 
 def stage_changes(root: Path, stage: str) -> list[str]:
     """Why DVC would run ``stage`` now (changed deps/params/outs, one line each); [] if none.
 
-    Only this stage is checked (like `dvc status <stage>`): the flow runs stages in order, so
+    Only this stage is checked (`dvc status <stage>`): the flow runs stages in order, so
     upstream stages have already been brought up to date when this is asked.
     """
-    from dvc.lock import LockError
-
-    target = f"{root / 'dvc.yaml'}:{stage}"  # DVC resolves relative targets against the cwd
-    try:
-        with _repo(root) as repo:
-            status = repo.status(targets=[target])
-    except LockError as exc:
-        raise WorkspaceBusy(busy_message(root)) from exc
+    status = dvc_json(root, "status", "--json", stage)
     return describe_status(next(iter(status.values()), []))
 
 
@@ -132,9 +120,8 @@ def _what(change: Any) -> str:
 
 
 def pipeline_status(root: Path) -> dict:
-    """`dvc status` of the whole pipeline: {} when everything is up to date."""
-    with _repo(root) as repo:
-        return repo.status()
+    """`dvc status --json` of the whole pipeline: {} when everything is up to date."""
+    return dvc_json(root, "status", "--json")
 
 
 def busy_message(root: Path) -> str:
@@ -210,39 +197,49 @@ def failure_message(stage: str, tail: list[str]) -> str:
 
 
 def run_dvc(root: Path, *args: str, timeout: float = 600) -> str:
-    """A DVC command's stdout; raise WarmstartError with its output when it fails."""
+    """A DVC command's stdout. Raise WorkspaceBusy on DVC's lock error, else WarmstartError
+    with the command's output when it fails."""
     done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=dvc_env(),
                           capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
+        if DVC_LOCK_MESSAGE in done.stderr + done.stdout:
+            raise WorkspaceBusy(busy_message(root))
         raise WarmstartError(f"`dvc {' '.join(args)}` failed in {root}:\n"
                              f"{(done.stdout + done.stderr).strip()}")
     return done.stdout
 
 
+def dvc_json(root: Path, *args: str) -> dict:
+    """The parsed output of a DVC command run with ``--json``."""
+    return json.loads(run_dvc(root, *args) or "{}")
+
+
 def locked_outs(root: Path, stage: str) -> dict[str, str]:
     """The outs of ``stage`` with their hashes as recorded in dvc.lock."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage, {})
-    return {out["path"]: out.get("md5") or out.get("hash") or "" for out in entry.get("outs", [])}
+    return {out["path"]: out.get("md5") or out.get("hash") or ""
+            for out in versions.locked_outs(root, stage)}
 
 
 def metrics_diff(root: Path) -> dict:
     """`dvc metrics diff --json` (last commit vs workspace); {} outside git history."""
     if not has_commits(root):
         return {}
-    return json.loads(run_dvc(root, "metrics", "diff", "--json", "--all") or "{}")
+    return dvc_json(root, "metrics", "diff", "--json", "--all")
 
 
 def params_diff(root: Path) -> dict:
     if not has_commits(root):
         return {}
-    return json.loads(run_dvc(root, "params", "diff", "--json") or "{}")
+    return dvc_json(root, "params", "diff", "--json")
 
 
 def metrics_show(root: Path) -> dict:
-    return json.loads(run_dvc(root, "metrics", "show", "--json") or "{}")
+    return dvc_json(root, "metrics", "show", "--json")
+
+
+def plots_show(root: Path) -> dict:
+    """`dvc plots show --json`: {"data": {plot id (a file, or a dvc.yaml plot title): ...}}."""
+    return dvc_json(root, "plots", "show", "--json")
 
 
 def has_commits(root: Path) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.dvcops import StageOutcome, metrics_diff, metrics_show, params_diff
+from tasks.dvcops import StageOutcome, metrics_diff, metrics_show, params_diff, plots_show
 from warmstart.config.params import Params
 
 METRICS_KEY = "warmstart-metrics"
@@ -119,12 +119,7 @@ def plots_markdown(root: Path) -> str:
 
 
 def plot_files(root: Path) -> list[Path]:
-    """Every plots output of dvc.yaml (folders expanded), as DVC declares them."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        declared = [Path(out.fs_path) for out in repo.index.outs if out.plot]
-    found = []
-    for path in declared:
-        found += sorted(path.iterdir()) if path.is_dir() else [path] if path.is_file() else []
-    return found
+    """Every plot file of the project as `dvc plots show` finds them (plots outputs of dvc.yaml,
+    folders expanded); plot definitions named by a title rather than a file are left out."""
+    shown = plots_show(root).get("data", {})
+    return sorted(root / name for name in shown if (root / name).is_file())

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO, make_dataset, tiny_params
+from tests.helpers.images import make_dataset
+from tests.helpers.project import tiny_params
+from tests.helpers.shared import REPO
 
 BIN = Path(sys.executable).parent
 
@@ -19,22 +21,18 @@ BIN = Path(sys.executable).parent
 def stages_through(stage: str) -> list[str]:
     """``stage`` and every stage it needs, in DVC's order, from this repo's dvc.yaml (other
     stages, e.g. export, are left out of the flow tests to keep them short)."""
-    import networkx as nx
-    from dvc.repo import Repo
-
     from tasks.dvcops import stage_order
 
-    with Repo(str(REPO)) as repo:
-        graph = repo.index.graph
-        target = next(s for s in graph if getattr(s, "name", None) == stage)
-        needed = {s.name for s in nx.descendants(graph, target)} | {stage}
-    return [name for name in stage_order(REPO) if name in needed]
+    return stage_order(REPO, stage)
 
 
 def prefect_env(home: Path) -> dict[str, str]:
-    """Settings for an isolated Prefect: its own PREFECT_HOME, no telemetry."""
+    """Settings for an isolated Prefect: its own PREFECT_HOME, no telemetry, its console log
+    handler on the process's real stderr (never on one of pytest's capture streams; a logging.yml
+    key set through Prefect's PREFECT_LOGGING_<PATH>_<KEY> variables)."""
     return {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_LOGGING_LEVEL": "INFO", "DVC_NO_ANALYTICS": "1"}
+            "PREFECT_LOGGING_LEVEL": "INFO", "DVC_NO_ANALYTICS": "1",
+            "PREFECT_LOGGING_HANDLERS_CONSOLE_STREAM": "ext://sys.__stderr__"}
 
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None,

@@ -10,9 +10,13 @@
 
 from __future__ import annotations
 
-import pytest
+import ast
+import importlib
 
-from tests.helpers.imports import direct_imports, own_modules
+import pytest
+import yaml
+
+from tests.helpers.imports import REPO, direct_imports, module_file, own_modules
 
 STAGE_PACKAGE = "warmstart.stages"
 ENTRY_POINTS = {"warmstart.cli", "warmstart.__main__"}
@@ -54,3 +58,28 @@ def test_the_rules_see_the_imports() -> None:
     """The graph is not empty: a stage's own imports are found (else every rule would pass)."""
     assert "warmstart.config.params" in direct_imports("warmstart.stages.ingest")
     assert "warmstart.errors" in direct_imports("tasks.dvcops")
+
+
+MAX_FUNCTION_LINES = 40
+
+
+@pytest.mark.parametrize("package", ["warmstart", "flows", "tasks"])
+def test_production_functions_are_short(package: str) -> None:
+    """A function longer than a screen is split into named steps (lines incl. its docstring)."""
+    long = []
+    for module in own_modules(package):
+        for node in ast.walk(ast.parse(module_file(module).read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {length} lines")
+    assert not long, long
+
+
+@pytest.mark.parametrize("stage", ["transfer", "finetune"])
+def test_backup_fingerprints_cover_the_params_dvc_yaml_gives_the_stage(stage: str) -> None:
+    """A resumed backup must belong to the same params: the sections a training stage puts in
+    its backup fingerprint are the ones dvc.yaml re-runs it for, plus ``data`` (split names)."""
+    module = importlib.import_module(f"warmstart.stages.{stage}")
+    dvc_params = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["params"]
+    assert set(module.SECTIONS) == {key.split(".")[0] for key in dvc_params} | {"data"}

@@ -17,25 +17,23 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import make_dataset, make_dvc_project, tiny_params
-from tests.conftest import run_command as dvc
+from tests.helpers.commands import make_dvc_project
+from tests.helpers.commands import run_command as dvc
+from tests.helpers.images import make_dataset
+from tests.helpers.project import prepare_project, tiny_params
 from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest, image_dataset, split_index
 from warmstart.inference.recorded import class_probabilities, read_predictions
+from warmstart.layout import BASE_FILE, MODEL_FILE
 from warmstart.modeling.augment import augmentation_layers, with_augmentation
 from warmstart.modeling.cache_keys import StaleCacheError
-from warmstart.modeling.feature_cache import BASE_FILE, check_features
+from warmstart.modeling.feature_cache import check_features
 from warmstart.modeling.model import find_base, load_model, unfreeze_from
 from warmstart.modeling.prefix_cache import check_prefix
 from warmstart.modeling.surgery import boundary_names, prefix_model, top_model
 from warmstart.modeling.training import seed_everything
-from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune
-from warmstart.stages.ingest import run_ingest
-from warmstart.stages.preprocess import run_preprocess
-from warmstart.stages.transfer import MODEL_FILE, run_transfer, train_head
-from warmstart.stages.validate import run_validate
-from warmstart.validation.schema import propose_schema, write_schema
+from warmstart.stages.transfer import run_transfer, train_head
 
 SIZE = 32
 
@@ -61,19 +59,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Params:
     root = tmp_path_factory.mktemp("cache")
     weights = root / "base.weights.h5"
     calibrated_base().save_weights(weights)
-    raw = tiny_params(make_dataset(root / "src"), base={"weights": str(weights)},
-                      head={"dropout": 0.0}, finetune={"cache_dtype": "float32"},
-                      validate={"skew_jsd": None, "skew_linf": None})  # not under test here
-    work = root / "work"
-    work.mkdir()
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    params = load_params(work / "params.yaml")
-    run_ingest(params)
-    proposal = propose_schema(params.path("raw"), params.data.train_split, params.validate)
-    write_schema(params.path("schema"), proposal)
-    for stage in (run_validate, run_preprocess, run_features, run_transfer, run_finetune):
-        stage(params)
-    return params
+    return prepare_project(root, upto="finetune", base={"weights": str(weights)},
+                           head={"dropout": 0.0}, finetune={"cache_dtype": "float32"},
+                           validate={"skew_jsd": None, "skew_linf": None})  # not under test here
 
 
 def images_of(params: Params, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -208,9 +196,10 @@ def copy_of_run(run: Params, tmp_path: Path) -> Params:
 
 def checks(params: Params) -> None:
     manifest = Manifest.read(params.path("processed"))
-    check_features(params, manifest, load_model(params.path("features") / BASE_FILE))
-    check_prefix(params, manifest, find_base(load_model(params.path("transfer_model")
-                                                        / MODEL_FILE)))
+    check_features(params.path("features"), manifest,
+                   load_model(params.path("features") / BASE_FILE), params.base, params.root)
+    transfer = load_model(params.path("transfer_model") / MODEL_FILE)
+    check_prefix(params.path("prefix"), manifest, find_base(transfer), params.finetune)
 
 
 def test_caches_match_the_run_that_made_them(copy_of_run: Params) -> None:
@@ -254,7 +243,8 @@ def test_other_frozen_weights_invalidate_the_prefix(copy_of_run: Params) -> None
     layer.set_weights([w * 1.01 for w in layer.get_weights()])
     manifest = Manifest.read(copy_of_run.path("processed"))
     with pytest.raises(StaleCacheError, match="frozen_weights"):
-        check_prefix(copy_of_run, manifest, find_base(model))
+        check_prefix(copy_of_run.path("prefix"), manifest, find_base(model),
+                     copy_of_run.finetune)
 
 
 # ---- augmentation ---------------------------------------------------------------------------
@@ -322,4 +312,5 @@ def test_dvc_reruns_the_caching_stages_on_any_relevant_change(tmp_path: Path) ->
     params = load_params(work / "params.yaml")
     manifest = Manifest.read(params.path("processed"))
     with pytest.raises(StaleCacheError, match="weights_sha256"):
-        check_features(params, manifest, load_model(params.path("features") / BASE_FILE))
+        check_features(params.path("features"), manifest,
+                       load_model(params.path("features") / BASE_FILE), params.base, params.root)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers.shared import REPO
 from tests.prefect_support import BIN, dvc_status, free_port, make_project, prefect_env
 
 SERVER_START_S = 180

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from tests.test_stages import prepare
+from warmstart.config.params import Params
+from warmstart.layout import MODEL_FILE
 from warmstart.modeling.model import load_model
 from warmstart.stages.evaluate import run_evaluate
 from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune
-from warmstart.stages.transfer import MODEL_FILE, run_transfer
+from warmstart.stages.transfer import run_transfer
 
 METRICS = ("transfer_metrics", "finetune_metrics", "evaluate_metrics", "transfer_history",
            "finetune_history")
@@ -26,9 +26,9 @@ def train_once(params) -> tuple[dict[str, bytes], list[np.ndarray]]:
     return files, weights
 
 
-def test_two_runs_give_identical_metrics_and_weights(workspace: Callable[..., Path],
-                                                     dataset: Path) -> None:
-    params = prepare(workspace(dataset))
+def test_two_runs_give_identical_metrics_and_weights(
+        tiny_project: Callable[..., Params]) -> None:
+    params = tiny_project()
     first_files, first_weights = train_once(params)
     second_files, second_weights = train_once(params)
     assert first_files == second_files

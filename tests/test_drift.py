@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLASS_COLOURS, write_image
+from tests.helpers.images import CLASS_COLOURS, write_image
 from warmstart.config.params import Params, load_params
 from warmstart.stages.ingest import run_ingest
 from warmstart.stages.validate import run_validate

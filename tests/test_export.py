@@ -12,61 +12,27 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests.conftest import make_dataset, tiny_params
+from tests.helpers.project import prepare_project, tiny_params
 from warmstart.atomic import write_json
-from warmstart.cli import STAGES, main, stage_function
+from warmstart.cli import main
 from warmstart.config.params import ExportParams, Params, ParamsError, load_params
 from warmstart.data.decode import load_image
-from warmstart.data.records import MANIFEST_FILE, serialize_example, shard_name
+from warmstart.layout import MODEL_FILE
 from warmstart.modeling.model import load_model
 from warmstart.stages import export
 from warmstart.stages.export import ExportParityError, parity_problems, run_export
-from warmstart.stages.model_card import data_version, run_model_card, tree_digest
-from warmstart.stages.transfer import MODEL_FILE
-
-
-def processed_project(root: Path, classes: tuple[str, ...], **overrides: dict) -> Path:
-    """A project holding raw data and processed shards as ingest + preprocess write them.
-
-    (Validation is left out: its own tests cover it, and it is slow with TFDV.)
-    """
-
-    def write_split(split: str, files: list[Path], labels: list[int]) -> list[str]:
-        name = shard_name(split, 0, 1)
-        with tf.io.TFRecordWriter(str(params.path("processed") / name)) as writer:
-            for file, label in zip(files, labels, strict=True):
-                pixels = load_image(tf.constant(str(file)), size).numpy()
-                writer.write(serialize_example(pixels, label, str(file)))
-        return [name]
-
-    source = make_dataset(root / "src", classes=classes)
-    work = root / "work"
-    work.mkdir()
-    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(source, **overrides)))
-    params = load_params(work / "params.yaml")
-    shutil.copytree(source, params.path("raw"))
-    names, size = sorted(classes), params.preprocess.image_size
-    splits = {}
-    params.path("processed").mkdir(parents=True)
-    for split in (params.data.train_split, params.data.validation_split):
-        files = sorted((params.path("raw") / split).glob("*/*.jpg"))
-        labels = [names.index(f.parent.name) for f in files]
-        splits[split] = {"count": len(files), "shards": write_split(split, files, labels)}
-    write_json(params.path("processed") / MANIFEST_FILE,
-               {"classes": names, "image_size": size, "splits": splits})
-    return work
+from warmstart.stages.model_card import run_model_card
+from warmstart.versions import data_version, tree_digest
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Params:
-    """A whole tiny binary run (sigmoid head) up to export and the model card."""
-    work = processed_project(tmp_path_factory.mktemp("export"), ("cats", "dogs"),
-                             export={"int8": True})
-    params = load_params(work / "params.yaml")
-    names = list(STAGES)  # the pipeline's stage order, whatever stages it has
-    for name in names[names.index("features"):names.index("model_card") + 1]:
-        stage_function(name)(params)
-    return params
+    """A whole tiny binary run (sigmoid head) up to export and the model card.
+
+    (Validation is left out: its own tests cover it, and it is slow with TFDV.)
+    """
+    return prepare_project(tmp_path_factory.mktemp("export"), upto="model_card",
+                           skip_validation=True, export={"int8": True})
 
 
 def export_metrics(params: Params) -> dict:
@@ -161,7 +127,7 @@ def test_saved_model_must_reproduce_the_recorded_predictions(exported: Params) -
 
 
 def test_parity_problems_name_each_artefact_and_bound() -> None:
-    limits = ExportParams(float32_tolerance=1e-4, int8_min_agreement=0.995)
+    limits = ExportParams(int8=False, float32_tolerance=1e-4, int8_min_agreement=0.995)
     results = {"artefacts": {
         "keras": {"bytes": 1},
         "saved_model": {"top1_agreement": 1.0, "max_abs_diff": 2e-4},
@@ -208,7 +174,8 @@ def test_data_version_comes_from_dvc_lock_when_present(exported: Params,
         {"path": "data/raw", "hash": "md5", "md5": "0123abcd.dir", "size": 99, "nfiles": 3}]}}}
     shutil.copy(exported.root / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    version = data_version(load_params(tmp_path / "params.yaml"))
+    params = load_params(tmp_path / "params.yaml")
+    version = data_version(params.root, params.paths.raw)
     assert version == {"source": "dvc.lock", "md5": "0123abcd.dir", "files": 3, "bytes": 99}
 
 

@@ -10,24 +10,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CLASS_COLOURS, tiny_params
-from tests.test_export import processed_project
-from tests.test_predict import colour_model
+from tests.helpers.images import CLASS_COLOURS
+from tests.helpers.models import colour_model
+from tests.helpers.project import prepare_project, tiny_params
 from warmstart.config.params import GateParams, Params, ParamsError, load_params
 from warmstart.data.records import Manifest, image_dataset
 from warmstart.hashing import sha256_of
+from warmstart.layout import MODEL_FILE
+from warmstart.modeling.training import record_predictions
 from warmstart.stages.evaluate import run_evaluate
 from warmstart.stages.export import run_export
 from warmstart.stages.gate import GateFailed, run_gate
 from warmstart.stages.model_card import run_model_card
-from warmstart.stages.transfer import MODEL_FILE, write_validation_predictions
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-class project with raw and processed data, no models yet."""
-    return processed_project(tmp_path_factory.mktemp("gate"), tuple(CLASS_COLOURS),
-                             export={"int8": False})
+    return prepare_project(tmp_path_factory.mktemp("gate"), classes=tuple(CLASS_COLOURS),
+                           skip_validation=True, export={"int8": False}).root
 
 
 @pytest.fixture
@@ -47,7 +48,8 @@ def candidate(params: Params, scramble: bool = False) -> float:
         folder.mkdir(parents=True, exist_ok=True)
         model = colour_model(scramble=scramble)
         model.save(folder / MODEL_FILE)
-        write_validation_predictions(params, manifest, stage, model.predict(images, verbose=0))
+        record_predictions(params.path(f"{stage}_predictions"), manifest,
+                           params.data.validation_split, model.predict(images, verbose=0))
     results = run_evaluate(params)
     run_export(params)
     run_model_card(params)

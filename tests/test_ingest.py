@@ -13,18 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import make_dataset, tiny_params
-from warmstart.config.params import load_params
+from tests.helpers.images import make_dataset
+from tests.helpers.project import write_params
 from warmstart.stages.ingest import IngestError, download, run_ingest
 
 
 def params_for(work: Path, source: Path | str, **data: object):
-    raw = tiny_params(source, data=data)
-    work.mkdir(exist_ok=True)
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    return load_params(work / "params.yaml")
+    return write_params(work, source, data=data)
 
 
 def zip_folder(folder: Path, archive: Path, prefix: str = "cats_and_dogs_filtered") -> Path:

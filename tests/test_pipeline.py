@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_dataset, make_dvc_project, run_command, tiny_params
+from tests.helpers.commands import command_env, make_dvc_project, run_command
+from tests.helpers.images import make_dataset
 from tests.helpers.imports import imported_modules, module_file
+from tests.helpers.project import tiny_params
+from tests.helpers.shared import REPO
 
 STAGE_ORDER = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
 
@@ -60,9 +61,7 @@ def test_repro_skip_and_partial_rerun(project: Path) -> None:
 
 def test_validation_failure_stops_the_pipeline(project: Path, tmp_path: Path) -> None:
     (tmp_path / "source" / "train" / "cats" / "bad.jpg").write_bytes(b"garbage")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True,
+    done = subprocess.run(["dvc", "repro"], cwd=project, env=command_env(), capture_output=True,
                           text=True, timeout=900)
     assert done.returncode != 0
     output = done.stdout + done.stderr

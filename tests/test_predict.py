@@ -13,40 +13,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import CLASS_COLOURS, write_image
+from tests.helpers.images import CLASS_COLOURS, write_image
+from tests.helpers.models import CLASSES, SIZE, colour_model
 from warmstart.cli import main
 from warmstart.data.decode import load_image
 from warmstart.inference.predict import (
-    CLASSES_FILE,
     PredictError,
     find_labels,
     load_predictor,
     predict,
     write_labels,
 )
+from warmstart.layout import CLASSES_FILE
 from warmstart.stages.export import export_saved_model, write_tflite
-
-CLASSES = sorted(CLASS_COLOURS)  # birds (green), cats (red), dogs (blue)
-SIZE = 32
-
-
-def colour_model(classes: list[str] = CLASSES, scramble: bool = False) -> keras.Model:
-    """Raw pixels -> [-1, 1] -> mean colour -> softmax: the class of the dominant channel.
-
-    ``scramble`` rotates the class columns, so the model is wrong on every class.
-    """
-    inputs = keras.Input((SIZE, SIZE, 3), name="image")
-    scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit")(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(scaled)
-    outputs = keras.layers.Dense(len(classes), activation="softmax", name="head_dense")(pooled)
-    model = keras.Model(inputs, outputs)
-    weights = np.zeros((3, len(classes)), np.float32)
-    for column, name in enumerate(classes):
-        weights[int(np.argmax(CLASS_COLOURS[name])), column] = 10.0
-    if scramble:
-        weights = np.roll(weights, 1, axis=1)
-    model.get_layer("head_dense").set_weights([weights, np.zeros(len(classes), np.float32)])
-    return model
 
 
 def save_colour_model(folder: Path, scramble: bool = False) -> Path:

@@ -14,17 +14,19 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO, SHARED_WEIGHTS_035, SHARED_ZIP, needs_shared, tiny_params
+from tests.helpers.project import tiny_params
+from tests.helpers.shared import REPO, SHARED_WEIGHTS_035, SHARED_ZIP, needs_shared
 from warmstart.config.params import load_params
 from warmstart.data.records import Manifest, image_dataset
 from warmstart.inference.recorded import class_probabilities, read_predictions
+from warmstart.layout import MODEL_FILE
 from warmstart.modeling.model import load_model
 from warmstart.stages.evaluate import run_evaluate
 from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune
 from warmstart.stages.ingest import run_ingest
 from warmstart.stages.preprocess import run_preprocess
-from warmstart.stages.transfer import MODEL_FILE, run_transfer
+from warmstart.stages.transfer import run_transfer
 from warmstart.stages.validate import run_validate
 
 PER_CLASS = {"train": 150, "validation": 100}

@@ -20,38 +20,26 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_dataset, tiny_params
-from tests.test_stages import prepare
+from tests.helpers.project import prepare_project
+from tests.helpers.shared import REPO
 from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest, image_dataset
+from warmstart.layout import MODEL_FILE
 from warmstart.modeling.feature_cache import load_features
 from warmstart.modeling.model import load_model
 from warmstart.modeling.prefix_cache import prefix_dataset
 from warmstart.modeling.training import POINTER_FILE, skip_epochs
-from warmstart.stages.features import run_features
-from warmstart.stages.transfer import MODEL_FILE, feature_dataset, run_transfer
+from warmstart.stages.transfer import feature_dataset, run_transfer
 
 TRANSFER_EPOCHS, FINETUNE_EPOCHS = 6, 4
-
-
-def write_params(work: Path, source: Path, **overrides: dict) -> Params:
-    raw = tiny_params(source, transfer={"epochs": TRANSFER_EPOCHS},
-                      finetune={"epochs": FINETUNE_EPOCHS}, **overrides)
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    return load_params(work / "params.yaml")
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Params:
     """A tiny prepared project (data, features and prefix caches), 6 + 4 epochs."""
-    root = tmp_path_factory.mktemp("resume")
-    source = make_dataset(root / "src")
-    work = root / "work"
-    work.mkdir()
-    write_params(work, source)
-    params = prepare(work)
-    run_features(params)
-    return params
+    return prepare_project(tmp_path_factory.mktemp("resume"), upto="features",
+                           transfer={"epochs": TRANSFER_EPOCHS},
+                           finetune={"epochs": FINETUNE_EPOCHS})
 
 
 def stage_command(params: Params, stage: str) -> list[str]:
@@ -138,7 +126,7 @@ def test_augmented_finetune_resumes_with_identical_weights(
     raw = yaml.safe_load((project.root / "params.yaml").read_text())
     raw["augment"].update(flip="horizontal", rotation=0.1)
     raw["finetune"].update(epochs=3)
-    for key in ("processed", "prefix", "transfer_model", "transfer_history"):
+    for key in ("processed", "prefix", "transfer_model", "transfer_metrics"):
         link = work / raw["paths"][key]  # share the prepared inputs, read only
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(project.path(key))

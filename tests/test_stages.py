@@ -11,10 +11,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import yaml
 
-from tests.conftest import CLASS_COLOURS, make_dataset, tiny_params
-from warmstart.config.params import Params, load_params
+from tests.helpers.images import CLASS_COLOURS
+from tests.helpers.project import prepare_project
+from warmstart.config.params import Params
 from warmstart.data.records import Manifest, image_dataset, labels_of
 from warmstart.inference.recorded import (
     Predictions,
@@ -22,42 +22,18 @@ from warmstart.inference.recorded import (
     read_predictions,
     write_predictions,
 )
+from warmstart.layout import MODEL_FILE
 from warmstart.modeling.feature_cache import load_features
 from warmstart.modeling.model import find_base, load_model, unfreeze_from
 from warmstart.modeling.training import read_history
-from warmstart.stages.evaluate import check_same_images, run_evaluate
-from warmstart.stages.features import run_features
-from warmstart.stages.finetune import run_finetune
-from warmstart.stages.ingest import run_ingest
-from warmstart.stages.preprocess import run_preprocess
-from warmstart.stages.transfer import MODEL_FILE, run_transfer
-from warmstart.stages.validate import run_validate
-from warmstart.validation.schema import propose_schema, write_schema
-
-
-def prepare(work: Path) -> Params:
-    """ingest + schema (proposed from this data) + validate + preprocess."""
-    params = load_params(work / "params.yaml")
-    run_ingest(params)
-    proposal = propose_schema(params.path("raw"), params.data.train_split, params.validate)
-    write_schema(params.path("schema"), proposal)
-    run_validate(params)
-    run_preprocess(params)
-    return params
+from warmstart.stages.evaluate import check_same_images
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Params:
     """A whole tiny 3-class run, shared by the tests below (each stage ~seconds)."""
-    root = tmp_path_factory.mktemp("three")
-    source = make_dataset(root / "src", classes=tuple(CLASS_COLOURS))
-    work = root / "work"
-    work.mkdir()
-    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(source)))
-    params = prepare(work)
-    for stage in (run_features, run_transfer, run_finetune, run_evaluate):
-        stage(params)
-    return params
+    return prepare_project(tmp_path_factory.mktemp("three"), classes=tuple(CLASS_COLOURS),
+                           upto="evaluate")
 
 
 def test_preprocess_writes_shards_and_manifest(trained: Params) -> None:
@@ -191,11 +167,8 @@ def test_batchnorm_stays_in_inference_mode_when_fine_tuning() -> None:
     np.testing.assert_allclose(model(x, training=True), model(x, training=False), atol=1e-6)
 
 
-def test_binary_run_with_zero_finetune_epochs(workspace: Callable[..., Path],
-                                              dataset: Path) -> None:
-    params = prepare(workspace(dataset, finetune={"epochs": 0}))
-    for stage in (run_features, run_transfer, run_finetune, run_evaluate):
-        stage(params)
+def test_binary_run_with_zero_finetune_epochs(tiny_project: Callable[..., Params]) -> None:
+    params = tiny_project(upto="evaluate", finetune={"epochs": 0})
     results = json.loads(params.path("evaluate_metrics").read_text())
     assert results["finetune"]["accuracy"] == results["transfer"]["accuracy"]
     model = load_model(params.path("finetune_model") / MODEL_FILE)

@@ -13,37 +13,27 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO, SHARED_WEIGHTS_035, make_dataset, needs_shared, tiny_params
-from tests.test_stages import prepare
+from tests.helpers.project import tiny_params
+from tests.helpers.shared import REPO, SHARED_WEIGHTS_035, needs_shared
 from warmstart.config.params import Params, ParamsError, params_from_dict
 from warmstart.data.records import Manifest, image_dataset, labels_of
+from warmstart.layout import MODEL_FILE
 from warmstart.modeling.distribute import StrategyError, check_tf_config, make_strategy
 from warmstart.modeling.model import load_model
-from warmstart.stages.features import run_features
-from warmstart.stages.transfer import MODEL_FILE
 
 TWO_CPUS = ("import sys, tensorflow as tf; "
             "tf.config.set_logical_device_configuration(tf.config.list_physical_devices('CPU')[0],"
             " [tf.config.LogicalDeviceConfiguration()] * 2); "
             "from warmstart.cli import main; sys.exit(main(sys.argv[1:]))")
 SHARED_INPUTS = ("processed", "features", "prefix")
-
-
-def prepare_project(root: Path, **overrides: dict) -> Params:
-    source = make_dataset(root / "src", per_class={"train": 24, "validation": 12})
-    work = root / "prepared"
-    work.mkdir()
-    raw = tiny_params(source, **overrides)
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    params = prepare(work)
-    run_features(params)
-    return params
+PER_CLASS = {"train": 24, "validation": 12}
 
 
 def train(prepared: Params, strategy: str, stages: tuple[str, ...]) -> tuple[Path, str]:
@@ -81,12 +71,12 @@ def accuracy(work: Path, stage: str, prepared: Params) -> float:
 @pytest.mark.slow
 @needs_shared
 def test_mirrored_on_two_cpu_devices_reaches_the_default_strategys_accuracy(
-        tmp_path: Path) -> None:
+        tiny_project: Callable[..., Params]) -> None:
     """Real (ImageNet 0.35) features of the class-coloured images: both strategies learn, to
     the same accuracy (dropout masks differ per replica: trajectories match within noise)."""
-    prepared = prepare_project(tmp_path, base={"alpha": 0.35, "weights": str(SHARED_WEIGHTS_035)},
-                               transfer={"epochs": 6},
-                               finetune={"epochs": 3, "learning_rate": 1e-5})
+    prepared = tiny_project(per_class=PER_CLASS, upto="features",
+                            base={"alpha": 0.35, "weights": str(SHARED_WEIGHTS_035)},
+                            transfer={"epochs": 6}, finetune={"epochs": 3, "learning_rate": 1e-5})
     default, _ = train(prepared, "default", ("transfer", "finetune"))
     mirrored, log = train(prepared, "mirrored", ("transfer", "finetune"))
     assert "train.strategy mirrored: 2 replica(s); global batch 8 = 4 per replica" in log
@@ -97,10 +87,10 @@ def test_mirrored_on_two_cpu_devices_reaches_the_default_strategys_accuracy(
 
 
 def test_mirrored_on_two_cpu_devices_follows_the_default_strategy_step_for_step(
-        tmp_path: Path) -> None:
+        tiny_project: Callable[..., Params]) -> None:
     """No dropout: both strategies make the same updates, up to float summation order."""
-    prepared = prepare_project(tmp_path, head={"dropout": 0.0},
-                               transfer={"epochs": 4, "learning_rate": 0.01})
+    prepared = tiny_project(per_class=PER_CLASS, upto="features", head={"dropout": 0.0},
+                            transfer={"epochs": 4, "learning_rate": 0.01})
     default, default_log = train(prepared, "default", ("transfer",))
     mirrored, log = train(prepared, "mirrored", ("transfer",))
     assert "train.strategy mirrored: 2 replica(s); global batch 8 = 4 per replica" in log

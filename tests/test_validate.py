@@ -11,7 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import CLASS_COLOURS, REPO, make_dataset, write_image
+from tests.helpers.images import CLASS_COLOURS, make_dataset, write_image
+from tests.helpers.shared import REPO
 from warmstart.config.params import ParamsError, load_params, params_from_dict
 from warmstart.data.validated import read_validated
 from warmstart.stages.ingest import run_ingest

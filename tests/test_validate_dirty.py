@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import make_dataset, write_image
+from tests.helpers.images import make_dataset, write_image
 from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest
 from warmstart.data.validated import read_validated

@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from warmstart.config.params import DEFAULT_PARAMS_FILE, Params, load_params
 from warmstart.errors import WarmstartError
+from warmstart.layout import MANIFEST_FILE
 
 logger = logging.getLogger("warmstart")
 
@@ -78,9 +79,9 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table",
                          help="output on stdout (default: %(default)s)")
     predict.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
-    predict.add_argument("--max-pixels", type=int, default=100_000_000, help="images whose "
-                         "header claims more pixels are reported, not decoded (default: "
-                         "%(default)s)")
+    predict.add_argument("--max-pixels", type=int, help="images whose header claims more "
+                         "pixels are reported, not decoded (default: 100 million, the "
+                         "decompression-bomb guard of warmstart predict)")
     predict.add_argument("--classes", type=Path, help="classes.json or the training run's "
                          "manifest.json (default: classes.json beside the model, else this "
                          "project's paths.processed manifest)")
@@ -133,7 +134,7 @@ def project_manifest(params_file: str) -> Path | None:
     if not Path(params_file).is_file():
         return None
     try:
-        return load_params(params_file).path("processed") / "manifest.json"
+        return load_params(params_file).path("processed") / MANIFEST_FILE
     except WarmstartError:
         return None
 

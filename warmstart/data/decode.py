@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 
 #: Formats ``tf.io.decode_image`` can decode; anything else cannot be trained on.
@@ -24,3 +26,10 @@ def resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
 def load_image(path: tf.Tensor, size: int) -> tf.Tensor:
     """Read, decode and resize one image file: the exact input the models are trained on."""
     return resize_uint8(decode_rgb(tf.io.read_file(path)), size)
+
+
+def decoder_message(exc: tf.errors.OpError) -> str:
+    """The decoder's own words (first line), without TF's op-name decorations."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", exc.message or "")
+    text = re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

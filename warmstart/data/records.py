@@ -1,3 +1,4 @@
+
 """Reading and writing the preprocessed TFRecord shards as tf.data pipelines."""
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-MANIFEST_FILE = "manifest.json"
+from warmstart.layout import MANIFEST_FILE
+
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),

@@ -5,24 +5,20 @@ Kept apart from ``warmstart.stages.validate`` so that reading it does not import
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from warmstart.atomic import atomic_dir, write_json
+from warmstart.atomic import atomic_dir
+from warmstart.layout import CLASSES_FILE, TABLE_FILE, read_classes, write_classes
 
 logger = logging.getLogger(__name__)
-
-TABLE_FILE = "images.csv"
-CLASSES_FILE = "classes.json"
-
 
 def write_validated(folder: Path, table: pd.DataFrame, classes: list[str]) -> Path:
     with atomic_dir(folder) as staging:
         table.to_csv(staging / TABLE_FILE, index=False)
-        write_json(staging / CLASSES_FILE, classes)
+        write_classes(staging / CLASSES_FILE, classes)
     logger.info("Validated %d images (%d quarantined) in %d classes: %s", len(table),
                 int(table["quarantined"].sum()), len(classes), classes)
     return folder
@@ -30,4 +26,4 @@ def write_validated(folder: Path, table: pd.DataFrame, classes: list[str]) -> Pa
 
 def read_validated(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     table = pd.read_csv(folder / TABLE_FILE, keep_default_na=False)
-    return table, json.loads((folder / CLASSES_FILE).read_text())
+    return table, read_classes(folder / CLASSES_FILE)["classes"]

@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +27,21 @@ import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
-from warmstart.atomic import write_json
-from warmstart.data.decode import load_image
+from warmstart.data.decode import decoder_message, load_image
 from warmstart.errors import WarmstartError
 from warmstart.inference.recorded import class_probabilities, predict_labels
+from warmstart.layout import (
+    CLASSES_FILE,
+    MODEL_FILE,
+    SAVED_MODEL_EXTRA,
+    read_classes,
+    write_classes,
+)
 from warmstart.modeling.model import load_model
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-CLASSES_FILE = "classes.json"
-KERAS_FILE = "model.keras"
-SAVED_MODEL_DIR = "saved_model"
-SAVED_MODEL_EXTRA = "assets.extra"  # TF Serving's folder for files beside a SavedModel
 SERVE_ENDPOINT = "serve"
 FORMATS = ("table", "json", "csv")
 DEFAULT_THRESHOLD = 0.5
@@ -62,13 +63,14 @@ class Labels:
 
 
 def write_labels(path: Path, classes: list[str], image_size: int, threshold: float) -> None:
-    write_json(path, {"classes": classes, "image_size": image_size, "threshold": threshold})
+    """The ``classes.json`` beside an exported model: what its outputs mean and its input size."""
+    write_classes(path, classes, image_size=image_size, threshold=threshold)
 
 
 def read_labels(path: Path) -> Labels:
     """Read a ``classes.json`` or a preprocessing ``manifest.json`` (threshold 0.5 then)."""
     try:
-        data = json.loads(path.read_text())
+        data = read_classes(path)
         classes = [str(name) for name in data["classes"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PredictError(f"Cannot read class names from {path}: {exc}. Give the "
@@ -140,10 +142,10 @@ def load_predictor(path: Path, num_threads: int | None = None) -> Predictor:
         return TFLitePredictor(path, num_threads)
     if (path / "saved_model.pb").is_file():
         return SavedModelPredictor(path)
-    if (path / KERAS_FILE).is_file():
-        return KerasPredictor(path / KERAS_FILE)
+    if (path / MODEL_FILE).is_file():
+        return KerasPredictor(path / MODEL_FILE)
     raise PredictError(f"No model at {path}: give a .keras or .tflite file, a SavedModel folder "
-                       f"or a folder holding {KERAS_FILE} (e.g. models/export or "
+                       f"or a folder holding {MODEL_FILE} (e.g. models/export or "
                        "models/promoted).")
 
 
@@ -217,9 +219,7 @@ def decode_error(path: Path, size: int) -> str:
     try:
         load_image(tf.constant(str(path)), size)
     except tf.errors.OpError as exc:
-        # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage] name:"
-        message = re.sub(r"\{\{[^}]*\}\}|\[Op:.*$", "", exc.message, flags=re.S).strip()
-        return message or type(exc).__name__
+        return decoder_message(exc)
     return "could not be loaded"
 
 
@@ -307,7 +307,7 @@ FORMATTERS = {"table": format_table, "json": format_json, "csv": format_csv}
 
 def predict(model: Path, target: Path, top_k: int = 3, fmt: str = "table", batch_size: int = 32,
             classes: Path | None = None, fallback_classes: Path | None = None,
-            max_pixels: int = MAX_PIXELS) -> str:
+            max_pixels: int | None = None) -> str:
     """The ``warmstart predict`` command: the formatted report, or PredictError if none worked."""
     if top_k < 1:
         raise PredictError(f"--top-k is {top_k}: use 1 or more.")
@@ -318,8 +318,9 @@ def predict(model: Path, target: Path, top_k: int = 3, fmt: str = "table", batch
     files = list_images(target)
     if not files:
         raise PredictError(f"No image files {IMAGE_SUFFIXES} under {target}.")
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     predictions, failures = predict_files(predictor, labels, files, batch_size,
-                                          progress=len(files) > 1, max_pixels=max_pixels)
+                                          progress=len(files) > 1, max_pixels=limit)
     if not predictions:
         listed = "\n".join(f"- {f.path}: {f.reason}" for f in failures)
         raise PredictError(f"None of the {len(files)} file(s) could be predicted:\n{listed}")

@@ -8,9 +8,15 @@ augmentation is on: the stages train on full images then, and log that the cache
 
 from __future__ import annotations
 
+import logging
+
 import keras
+import tensorflow as tf
 
 from warmstart.config.params import AugmentParams
+from warmstart.data.records import Manifest, image_dataset
+
+logger = logging.getLogger(__name__)
 
 
 def augmentation_layers(augment: AugmentParams, seed: int) -> list[keras.layers.Layer]:
@@ -37,3 +43,15 @@ def with_augmentation(model: keras.Model, augment: AugmentParams, seed: int) -> 
 
 def describe(augment: AugmentParams) -> str:
     return f"flip={augment.flip} rotation={augment.rotation} zoom={augment.zoom}"
+
+
+def augmented_training(model: keras.Model, augment: AugmentParams, manifest: Manifest,
+                       splits: tuple[str, str], batch_size: int, seed: int, stage: str
+                       ) -> tuple[keras.Model, tf.data.Dataset, tf.data.Dataset]:
+    """(training model, train data, validation data) on full images: the caches are bypassed."""
+    logger.warning("%s: augmentation is on (%s): the cached frozen-base outputs are BYPASSED; "
+                   "every epoch runs the base on augmented images (much slower)", stage,
+                   describe(augment))
+    training = with_augmentation(model, augment, seed)
+    train = image_dataset(manifest, splits[0], batch_size, shuffle_seed=seed)
+    return training, train, image_dataset(manifest, splits[1], batch_size)

@@ -16,9 +16,10 @@ from typing import Any
 
 import keras
 
-from warmstart.data.records import MANIFEST_FILE, Manifest
+from warmstart.data.records import Manifest
 from warmstart.errors import WarmstartError
 from warmstart.hashing import sha256_of
+from warmstart.layout import MANIFEST_FILE
 
 #: Bump when the layout of a cache changes, so older caches are refused.
 FORMAT_VERSION = 1

@@ -14,27 +14,26 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from warmstart.config.params import Params
+from warmstart.config.params import BaseParams
 from warmstart.data.records import Manifest
 from warmstart.hashing import sha256_of
+from warmstart.layout import FEATURES_INFO_FILE
 from warmstart.modeling.cache_keys import check_cache, data_digest, weights_digest
 
-BASE_FILE = "base.keras"
-INFO_FILE = "features.json"
 
-
-def features_key(params: Params, manifest: Manifest, base: keras.Model) -> dict:
+def features_key(manifest: Manifest, base: keras.Model, variant: BaseParams, root: Path) -> dict:
     """What the features depend on: data, image size, base variant, weights file and values."""
-    path = params.base.weights_path(params.root)
+    path = variant.weights_path(root)
     return {"data": data_digest(manifest), "image_size": manifest.image_size,
-            "alpha": params.base.alpha, "weights": "file" if path else params.base.weights,
+            "alpha": variant.alpha, "weights": "file" if path else variant.weights,
             "weights_sha256": sha256_of(path) if path else None,
             "base_weights": weights_digest(base.layers)}
 
 
-def check_features(params: Params, manifest: Manifest, base: keras.Model) -> None:
+def check_features(folder: Path, manifest: Manifest, base: keras.Model, variant: BaseParams,
+                   root: Path) -> None:
     """Refuse cached features that were not computed from this data, base and weights."""
-    check_cache(params.path("features") / INFO_FILE, features_key(params, manifest, base))
+    check_cache(folder / FEATURES_INFO_FILE, features_key(manifest, base, variant, root))
 
 
 def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

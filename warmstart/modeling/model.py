@@ -53,6 +53,14 @@ def build_base(image_size: int, base: BaseParams, root: Path) -> keras.Model:
     except (ValueError, OSError) as exc:
         raise ModelError(f"Could not load MobileNetV2(alpha={base.alpha}) weights from "
                          f"{weights}: {exc}. Check base.weights and base.alpha match.") from exc
+    except Exception as exc:  # Keras' download (get_file) raises a bare Exception
+        if weights != "imagenet" or "URL fetch failure" not in str(exc):
+            raise
+        raise ModelError(f"base.weights is `imagenet`, but Keras could not download the ImageNet "
+                         f"weights of MobileNetV2(alpha={base.alpha}) at {image_size} px: {exc}. "
+                         "Without internet, point base.weights at a local Keras weights file of "
+                         "MobileNetV2 without its top, e.g. `dvc exp run -S base.weights="
+                         "path/to/mobilenet_v2_1.0_224_no_top.h5`.") from exc
     model.trainable = False
     return model
 

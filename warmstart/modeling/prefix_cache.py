@@ -19,26 +19,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from warmstart.config.params import Params
+from warmstart.config.params import FinetuneParams
 from warmstart.data.records import Manifest, without_autotuning
+from warmstart.layout import PREFIX_INFO_FILE
 from warmstart.modeling.cache_keys import check_cache, data_digest, weights_digest
 from warmstart.modeling.surgery import boundary_names
 
-INFO_FILE = "prefix.json"
 
-
-def prefix_key(params: Params, manifest: Manifest, base: keras.Model) -> dict:
+def prefix_key(manifest: Manifest, base: keras.Model, finetune: FinetuneParams) -> dict:
     """What the cached activations depend on; ``base`` is any base holding the frozen weights."""
-    at = params.finetune.fine_tune_at
+    at = finetune.fine_tune_at
     return {"data": data_digest(manifest), "image_size": manifest.image_size,
             "fine_tune_at": at, "boundary": boundary_names(base, at),
             "frozen_weights": weights_digest(base.layers[:max(at, 1)]),
-            "dtype": params.finetune.cache_dtype}
+            "dtype": finetune.cache_dtype}
 
 
-def check_prefix(params: Params, manifest: Manifest, base: keras.Model) -> None:
+def check_prefix(folder: Path, manifest: Manifest, base: keras.Model,
+                 finetune: FinetuneParams) -> None:
     """Refuse a prefix cache not computed from this data, cut and these frozen weights."""
-    check_cache(params.path("prefix") / INFO_FILE, prefix_key(params, manifest, base))
+    check_cache(folder / PREFIX_INFO_FILE, prefix_key(manifest, base, finetune))
 
 
 def save_prefix(folder: Path, split: str, arrays: list[np.ndarray], labels: np.ndarray) -> None:

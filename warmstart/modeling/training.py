@@ -15,11 +15,16 @@ import numpy as np
 import tensorflow as tf
 
 from warmstart.atomic import atomic_dir, write_json, write_text
-from warmstart.config.params import Params, as_dict
+from warmstart.config.params import Params, TrainParams, as_dict
+from warmstart.data.records import Manifest, split_index
 from warmstart.errors import WarmstartError
+from warmstart.inference.recorded import write_predictions
+from warmstart.modeling.distribute import make_strategy
 
 logger = logging.getLogger(__name__)
 
+#: The files every training stage writes: ``paths.<stage>_<kind>`` for each kind.
+RESULT_FILES = ("predictions", "history", "metrics")
 HISTORY_FIELDS = ["stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
 #: Files of one epoch's backup folder, and the pointer to the latest complete one.
 WEIGHTS_FILE = "model.weights.h5"
@@ -46,16 +51,6 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         values = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
         logger.info("%s epoch %d/%d: %s", self.stage, epoch + 1, self.last_epoch, values)
-
-
-def history_rows(stage: str, history: keras.callbacks.History, first_epoch: int) -> list[dict]:
-    """Per-epoch rows with a 1-based epoch number continuing from ``first_epoch``."""
-    rows = []
-    for offset in range(len(history.epoch)):
-        row = {"stage": stage, "epoch": first_epoch + offset + 1}
-        row.update({k: float(history.history[k][offset]) for k in HISTORY_FIELDS[2:]})
-        rows.append(row)
-    return rows
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
@@ -186,6 +181,7 @@ def skip_epochs(data: tf.data.Dataset, epochs: int) -> None:
 
 
 def history_row(stage: str, epoch: int, logs: dict) -> dict:
+    """One row of a stage's history file (``epoch`` is 1-based, continuing across stages)."""
     return {"stage": stage, "epoch": epoch, **{k: float(logs[k]) for k in HISTORY_FIELDS[2:]}}
 
 
@@ -220,3 +216,27 @@ def fit_resumable(model: keras.Model, train: tf.data.Dataset, validation: tf.dat
     model.fit(train, validation_data=validation, initial_epoch=first, epochs=last, verbose=0,
               callbacks=[backup, EpochLogger(backup.stage, last)])
     return backup.rows
+
+
+def start_training(train: TrainParams, processed: Path
+                   ) -> tuple[tf.distribute.Strategy, Manifest]:
+    """What every training stage does first: its strategy, seeded TF, the shards' manifest."""
+    strategy = make_strategy(train.strategy, train.batch_size)
+    seed_everything(train.seed, train.deterministic)
+    return strategy, Manifest.read(processed)
+
+
+def write_results(files: dict[str, Path], manifest: Manifest, split: str,
+                  outputs: np.ndarray, rows: list[dict]) -> dict:
+    """A training stage's ``predictions``, ``history`` and ``metrics`` files; the metrics."""
+    record_predictions(files["predictions"], manifest, split, outputs)
+    write_history(files["history"], rows)
+    metrics = final_metrics(rows)
+    write_json(files["metrics"], metrics)
+    return metrics
+
+
+def record_predictions(path: Path, manifest: Manifest, split: str, outputs: np.ndarray) -> None:
+    """The trained model's outputs on ``split``'s images, for `evaluate` (and export's check)."""
+    paths, labels = split_index(manifest, split)
+    write_predictions(path, paths, labels, outputs, manifest.classes)

@@ -41,10 +41,6 @@ from warmstart.data.decode import decode_rgb, resize_uint8
 from warmstart.data.records import Manifest, image_dataset
 from warmstart.errors import WarmstartError
 from warmstart.inference.predict import (
-    CLASSES_FILE,
-    KERAS_FILE,
-    SAVED_MODEL_DIR,
-    SAVED_MODEL_EXTRA,
     SERVE_ENDPOINT,
     SavedModelPredictor,
     load_predictor,
@@ -56,13 +52,18 @@ from warmstart.inference.recorded import (
     predict_labels,
     read_predictions,
 )
+from warmstart.layout import (
+    CLASSES_FILE,
+    MODEL_FILE,
+    SAVED_MODEL_DIR,
+    SAVED_MODEL_EXTRA,
+    TFLITE_FLOAT32,
+    TFLITE_INT8,
+)
 from warmstart.modeling.model import load_model
-from warmstart.stages.transfer import MODEL_FILE
 
 logger = logging.getLogger(__name__)
 
-TFLITE_FLOAT32 = "model_float32.tflite"
-TFLITE_INT8 = "model_int8.tflite"
 RECORDED = "finetune_predictions"  # parity entry: model.keras vs the finetune stage's record
 
 
@@ -90,7 +91,7 @@ def run_export(params: Params) -> dict:
 
 def write_artefacts(model: keras.Model, source: Path, folder: Path, manifest: Manifest,
                     params: Params) -> None:
-    shutil.copy2(source, folder / KERAS_FILE)
+    shutil.copy2(source, folder / MODEL_FILE)
     write_labels(folder / CLASSES_FILE, manifest.classes, manifest.image_size,
                  params.evaluate.threshold)
     export_saved_model(model, folder / SAVED_MODEL_DIR, manifest.image_size)
@@ -150,7 +151,7 @@ def write_tflite(saved_model: Path, target: Path, quantize: bool) -> None:
 
 def artefacts(folder: Path) -> dict[str, Path]:
     """The exported artefacts present in ``folder``, by name."""
-    found = {"keras": folder / KERAS_FILE, "saved_model": folder / SAVED_MODEL_DIR,
+    found = {"keras": folder / MODEL_FILE, "saved_model": folder / SAVED_MODEL_DIR,
              "tflite_float32": folder / TFLITE_FLOAT32, "tflite_int8": folder / TFLITE_INT8}
     return {name: path for name, path in found.items() if path.exists()}
 

@@ -30,10 +30,10 @@ from tqdm import tqdm
 from warmstart.atomic import atomic_dir, write_json
 from warmstart.config.params import Params
 from warmstart.data.records import Manifest, image_dataset, labels_of
+from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, PREFIX_INFO_FILE
 from warmstart.modeling.cache_keys import make_key
-from warmstart.modeling.feature_cache import BASE_FILE, INFO_FILE, features_key
+from warmstart.modeling.feature_cache import features_key
 from warmstart.modeling.model import build_base, save_model, scale_to_unit
-from warmstart.modeling.prefix_cache import INFO_FILE as PREFIX_INFO_FILE
 from warmstart.modeling.prefix_cache import prefix_key, save_prefix
 from warmstart.modeling.surgery import boundary_names, boundary_tensors
 from warmstart.modeling.training import seed_everything
@@ -48,9 +48,9 @@ def run_features(params: Params) -> Path:
     extractor = one_pass_extractor(base, at)
     features_info = {"image_size": manifest.image_size, "alpha": params.base.alpha,
                      "feature_dim": int(extractor.outputs[0].shape[-1]), "splits": {},
-                     **make_key(features_key(params, manifest, base))}
+                     **make_key(features_key(manifest, base, params.base, params.root))}
     prefix_info = {"fine_tune_at": at, "boundary": boundary_names(base, at), "dtype": dtype,
-                   "splits": {}, **make_key(prefix_key(params, manifest, base))}
+                   "splits": {}, **make_key(prefix_key(manifest, base, params.finetune))}
     logger.info("prefix cache: frozen layers 0..%d, boundary %s", max(at, 1) - 1,
                 prefix_info["boundary"])
     with atomic_dir(params.path("features")) as features, \
@@ -66,7 +66,7 @@ def run_features(params: Params) -> Path:
             features_info["splits"][split] = {"count": len(pooled), "seconds": round(seconds, 2)}
             prefix_info["splits"][split] = {"count": len(pooled), "dtype": split_dtype,
                                             "bytes": int(sum(a.nbytes for a in boundary))}
-        write_json(features / INFO_FILE, features_info)
+        write_json(features / FEATURES_INFO_FILE, features_info)
         write_json(prefix / PREFIX_INFO_FILE, prefix_info)
     return params.path("features")
 

@@ -16,33 +16,31 @@ model's outputs; ``inference/recorded.py``). Every epoch is backed up under
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from warmstart.atomic import write_json
 from warmstart.config.params import Params
-from warmstart.data.records import Manifest, image_dataset
+from warmstart.data.records import Manifest
 from warmstart.hashing import sha256_of
-from warmstart.modeling.augment import describe, with_augmentation
-from warmstart.modeling.distribute import make_strategy
+from warmstart.layout import MODEL_FILE, PREFIX_INFO_FILE
+from warmstart.modeling.augment import augmented_training
 from warmstart.modeling.model import compile_model, find_base, load_model, save_model, unfreeze_from
-from warmstart.modeling.prefix_cache import INFO_FILE, check_prefix, prefix_dataset
+from warmstart.modeling.prefix_cache import check_prefix, prefix_dataset
 from warmstart.modeling.surgery import top_model
 from warmstart.modeling.training import (
-    HISTORY_FIELDS,
+    RESULT_FILES,
     EpochBackup,
-    final_metrics,
     fit_resumable,
-    read_history,
+    history_row,
     recorded_key,
     run_fingerprint,
-    seed_everything,
-    write_history,
+    start_training,
+    write_results,
 )
-from warmstart.stages.transfer import MODEL_FILE, write_validation_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -51,25 +49,22 @@ SECTIONS = ("data", "train", "finetune", "augment")
 
 
 def run_finetune(params: Params) -> Path:
-    strategy = make_strategy(params.train.strategy, params.train.batch_size)
-    seed_everything(params.train.seed, params.train.deterministic)
-    manifest = Manifest.read(params.path("processed"))
+    strategy, manifest = start_training(params.train, params.path("processed"))
     with strategy.scope():
         model = load_model(params.path("transfer_model") / MODEL_FILE)
         trainable = unfreeze_from(find_base(model), params.finetune.fine_tune_at)
         logger.info("finetune: %d trainable base layers (from layer %d), %d trainable weights",
                     trainable, params.finetune.fine_tune_at, len(model.trainable_weights))
-        done = len(read_history(params.path("transfer_history")))
+        done = json.loads(params.path("transfer_metrics").read_text())["epochs"]
         training, train, validation = training_setup(params, model, manifest)
         rows, backup = fit_more(params, training, (train, validation), done)
         save_model(model, params.path("finetune_model") / MODEL_FILE)
         outputs = training.predict(validation, verbose=0)
-    write_validation_predictions(params, manifest, "finetune", outputs)
-    write_history(params.path("finetune_history"), rows)
-    write_json(params.path("finetune_metrics"), final_metrics(rows))
+    files = {kind: params.path(f"finetune_{kind}") for kind in RESULT_FILES}
+    metrics = write_results(files, manifest, params.data.validation_split, outputs, rows)
     if backup is not None:
         backup.clean()
-    logger.info("finetune: %s", final_metrics(rows))
+    logger.info("finetune: %s", metrics)
     return params.path("finetune_model") / MODEL_FILE
 
 
@@ -79,14 +74,10 @@ def training_setup(params: Params, model: keras.Model, manifest: Manifest
     batch, seed = params.train.batch_size, params.train.seed
     train_split, val_split = params.data.train_split, params.data.validation_split
     if params.augment.enabled:
-        logger.warning("finetune: augmentation is on (%s): the frozen-prefix cache is BYPASSED; "
-                       "every epoch runs the whole base on augmented images (much slower)",
-                       describe(params.augment))
-        training = with_augmentation(model, params.augment, seed)
-        train = image_dataset(manifest, train_split, batch, shuffle_seed=seed)
-        validation = image_dataset(manifest, val_split, batch)
+        training, train, validation = augmented_training(
+            model, params.augment, manifest, (train_split, val_split), batch, seed, "finetune")
     else:
-        check_prefix(params, manifest, find_base(model))
+        check_prefix(params.path("prefix"), manifest, find_base(model), params.finetune)
         training = top_model(model, params.finetune.fine_tune_at)
         folder = params.path("prefix")
         logger.info("finetune: training the layers from %d on the cached frozen prefix (%s)",
@@ -107,10 +98,9 @@ def fit_more(params: Params, model: keras.Model, data: tuple[tf.data.Dataset, tf
     if params.finetune.epochs == 0:
         logger.info("finetune.epochs is 0: the transfer model is kept as it is")
         values = model.evaluate(validation, verbose=0, return_dict=True)
-        row = {"stage": "finetune", "epoch": done, "loss": float("nan"),
-               "accuracy": float("nan"), "val_loss": values["loss"],
-               "val_accuracy": values["accuracy"]}
-        return [{k: row[k] for k in HISTORY_FIELDS}], None
+        logs = {"loss": float("nan"), "accuracy": float("nan"), "val_loss": values["loss"],
+                "val_accuracy": values["accuracy"]}
+        return [history_row("finetune", done, logs)], None
     backup = EpochBackup(params.path("checkpoints") / "finetune", "finetune",
                          finetune_fingerprint(params), train,
                          (done, done + params.finetune.epochs))
@@ -122,7 +112,8 @@ def finetune_fingerprint(params: Params) -> str:
 
     Regression: with augmentation on, the prefix cache is not read (and may be absent)."""
     bypassed = params.augment.enabled  # then training reads images, not the prefix cache
-    inputs = {"prefix": "bypassed" if bypassed else recorded_key(params.path("prefix") / INFO_FILE),
+    prefix = "bypassed" if bypassed else recorded_key(params.path("prefix") / PREFIX_INFO_FILE)
+    inputs = {"prefix": prefix,
               "transfer_model": sha256_of(params.path("transfer_model") / MODEL_FILE),
-              "transfer_history": sha256_of(params.path("transfer_history"))}
+              "transfer_metrics": sha256_of(params.path("transfer_metrics"))}
     return run_fingerprint(params, "finetune", SECTIONS, inputs)

@@ -32,16 +32,15 @@ from warmstart.config.params import GateParams, Params, as_dict
 from warmstart.data.records import Manifest, image_dataset, labels_of
 from warmstart.errors import WarmstartError
 from warmstart.hashing import sha256_of
-from warmstart.inference.predict import CLASSES_FILE, KERAS_FILE, read_labels
+from warmstart.inference.predict import read_labels
 from warmstart.inference.recorded import class_probabilities
+from warmstart.inference.scoring import classification_metrics
+from warmstart.layout import CARD_FILE, CLASSES_FILE, MODEL_FILE, PROMOTION_FILE
 from warmstart.modeling.model import load_model
-from warmstart.stages.evaluate import classification_metrics
-from warmstart.stages.model_card import data_version
+from warmstart.versions import data_version
 
 logger = logging.getLogger(__name__)
 
-PROMOTION_FILE = "promotion.json"
-CARD_FILE = "model_card.md"
 TOLERANCE = 1e-9  # accuracies are rounded to 6 digits; equal ones must compare equal
 
 
@@ -54,11 +53,12 @@ def run_gate(params: Params) -> dict:
     previous = read_promotion(params.path("promoted_model"))
     promoted = promoted_accuracy(params, previous) if previous else None
     checks = gate_checks(candidate, promoted, params.gate)
+    version = data_version(params.root, params.paths.raw)
     result = {
         "passed": all(check["passed"] for check in checks),
         "reasons": [check["detail"] for check in checks if not check["passed"]],
         "checks": checks,
-        "candidate": {"accuracy": candidate, "data_version": data_version(params)},
+        "candidate": {"accuracy": candidate, "data_version": version},
         "promoted": promoted,
         "thresholds": {"min_accuracy": params.gate.min_accuracy,
                        "max_drop": params.gate.max_drop},
@@ -77,8 +77,8 @@ def read_promotion(folder: Path) -> dict | None:
     if not folder.exists():
         return None
     metadata = folder / PROMOTION_FILE
-    if not metadata.is_file() or not (folder / KERAS_FILE).is_file():
-        raise GateFailed(f"{folder} exists but lacks {PROMOTION_FILE} or {KERAS_FILE}: it was "
+    if not metadata.is_file() or not (folder / MODEL_FILE).is_file():
+        raise GateFailed(f"{folder} exists but lacks {PROMOTION_FILE} or {MODEL_FILE}: it was "
                          "not written by the gate. Restore it (`dvc checkout`) or delete it to "
                          "promote from scratch.")
     return json.loads(metadata.read_text())
@@ -89,7 +89,7 @@ def promoted_accuracy(params: Params, previous: dict) -> dict:
     folder = params.path("promoted_model")
     manifest = Manifest.read(params.path("processed"))
     labels = read_labels(folder / CLASSES_FILE)
-    model = load_model(folder / KERAS_FILE)
+    model = load_model(folder / MODEL_FILE)
     recorded = previous["candidate"]["accuracy"]
     base = {"recorded_accuracy": recorded, "promoted_at": previous.get("promoted_at"),
             "data_version": previous["candidate"].get("data_version")}
@@ -149,7 +149,7 @@ def promotion_metadata(params: Params, result: dict, previous: dict | None,
         "promoted_at": previous.get("promoted_at"),
         "accuracy": previous["candidate"]["accuracy"],
         "data_version": previous["candidate"].get("data_version"),
-        "model_sha256": previous.get("files", {}).get(KERAS_FILE)}
+        "model_sha256": previous.get("files", {}).get(MODEL_FILE)}
     return {"promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "candidate": {**result["candidate"], "evaluate": evaluation},
             "gate": {k: result[k] for k in ("checks", "promoted", "thresholds")},

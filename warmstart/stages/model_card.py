@@ -9,7 +9,6 @@ identical card. The gate copies it into the promoted model's folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -20,37 +19,14 @@ import yaml
 from warmstart.atomic import write_text
 from warmstart.config.params import Params, as_dict
 from warmstart.data.records import Manifest
+from warmstart.layout import ANOMALIES_FILE
+from warmstart.versions import data_version
 
 logger = logging.getLogger(__name__)
 
-LOCK_FILE = "dvc.lock"
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")
 REPRODUCE = ("uv run --frozen dvc pull   # data and models of this commit, if a remote is set\n"
              "uv run --frozen dvc repro  # re-runs whatever differs from dvc.lock")
-
-
-def data_version(params: Params) -> dict[str, Any]:
-    """Version of ``paths.raw``: DVC's directory hash from dvc.lock, else a computed hash."""
-    lock = params.root / LOCK_FILE
-    if lock.is_file():
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-        for out in stages.get("ingest", {}).get("outs", []):
-            if Path(out.get("path", "")) == Path(params.paths.raw) and "md5" in out:
-                return {"source": "dvc.lock", "md5": out["md5"], "files": out.get("nfiles"),
-                        "bytes": out.get("size")}
-    return {"source": "computed (sha256 of relative paths and file hashes)",
-            **tree_digest(params.path("raw"))}
-
-
-def tree_digest(folder: Path) -> dict[str, Any]:
-    """sha256 over every file's relative path and content hash, in sorted order."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    for path in files:
-        digest.update(f"{path.relative_to(folder).as_posix()}\0".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return {"sha256": digest.hexdigest(), "files": len(files),
-            "bytes": sum(p.stat().st_size for p in files)}
 
 
 def version_text(version: dict[str, Any]) -> str:
@@ -103,11 +79,12 @@ def header(params: Params, manifest: Manifest) -> str:
 
 def data_section(params: Params, manifest: Manifest) -> str:
     counts = ", ".join(f"{split} {manifest.count(split)}" for split in manifest.splits)
-    report = read_json(params.path("validation_report") / "anomalies.json")
+    report = read_json(params.path("validation_report") / ANOMALIES_FILE)
+    version = version_text(data_version(params.root, params.paths.raw))
     return "\n".join([
         "## Data", "",
         f"- Source: `{params.data.source}`",
-        f"- Version of `{params.paths.raw}`: {version_text(data_version(params))}",
+        f"- Version of `{params.paths.raw}`: {version}",
         f"- Images: {counts}",
         f"- Validation findings: {validation_text(report)}",
     ])

@@ -17,8 +17,9 @@ from tqdm import tqdm
 from warmstart.atomic import atomic_dir, write_json
 from warmstart.config.params import Params
 from warmstart.data.decode import load_image
-from warmstart.data.records import MANIFEST_FILE, serialize_example, shard_name
+from warmstart.data.records import serialize_example, shard_name
 from warmstart.data.validated import read_validated
+from warmstart.layout import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -20,13 +20,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from warmstart.atomic import write_json
 from warmstart.config.params import Params
-from warmstart.data.records import Manifest, image_dataset, split_index, without_autotuning
-from warmstart.inference.recorded import write_predictions
-from warmstart.modeling.augment import describe, with_augmentation
-from warmstart.modeling.distribute import make_strategy
-from warmstart.modeling.feature_cache import BASE_FILE, INFO_FILE, check_features, load_features
+from warmstart.data.records import Manifest, without_autotuning
+from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, MODEL_FILE
+from warmstart.modeling.augment import augmented_training
+from warmstart.modeling.feature_cache import check_features, load_features
 from warmstart.modeling.model import (
     assemble_classifier,
     compile_model,
@@ -36,34 +34,30 @@ from warmstart.modeling.model import (
     save_model,
 )
 from warmstart.modeling.training import (
+    RESULT_FILES,
     EpochBackup,
-    final_metrics,
     fit_resumable,
     recorded_key,
     run_fingerprint,
-    seed_everything,
-    write_history,
+    start_training,
+    write_results,
 )
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
 #: The params sections a transfer backup depends on (dvc.yaml's params of the stage, and data).
 SECTIONS = ("data", "base", "head", "train", "transfer", "augment")
 
 
 def run_transfer(params: Params) -> Path:
-    strategy = make_strategy(params.train.strategy, params.train.batch_size)
-    seed_everything(params.train.seed, params.train.deterministic)
-    manifest = Manifest.read(params.path("processed"))
+    strategy, manifest = start_training(params.train, params.path("processed"))
     with strategy.scope():
         model, backup, outputs = train_classifier(params, manifest)
         save_model(model, params.path("transfer_model") / MODEL_FILE)
-    write_validation_predictions(params, manifest, "transfer", outputs)
-    write_history(params.path("transfer_history"), backup.rows)
-    write_json(params.path("transfer_metrics"), final_metrics(backup.rows))
+    files = {kind: params.path(f"transfer_{kind}") for kind in RESULT_FILES}
+    metrics = write_results(files, manifest, params.data.validation_split, outputs, backup.rows)
     backup.clean()
-    logger.info("transfer: %s", final_metrics(backup.rows))
+    logger.info("transfer: %s", metrics)
     return params.path("transfer_model") / MODEL_FILE
 
 
@@ -74,7 +68,7 @@ def train_classifier(params: Params, manifest: Manifest
     Call inside the strategy's scope."""
     base = load_model(params.path("features") / BASE_FILE)
     base.trainable = False
-    check_features(params, manifest, base)
+    check_features(params.path("features"), manifest, base, params.base, params.root)
     layers = head_layers(len(manifest.classes), params.head.dropout)
     model = assemble_classifier(base, layers)
     if params.augment.enabled:
@@ -86,17 +80,9 @@ def train_classifier(params: Params, manifest: Manifest
     return model, backup, outputs
 
 
-def write_validation_predictions(params: Params, manifest: Manifest, stage: str,
-                                 outputs: np.ndarray) -> None:
-    """``paths.<stage>_predictions``: the model's outputs on the validation split's images."""
-    paths, labels = split_index(manifest, params.data.validation_split)
-    write_predictions(params.path(f"{stage}_predictions"), paths, labels, outputs,
-                      manifest.classes)
-
-
 def transfer_backup(params: Params, train: tf.data.Dataset) -> EpochBackup:
     """Per-epoch backup of this run (resumed after a crash, discarded if params/inputs changed)."""
-    inputs = {"features": recorded_key(params.path("features") / INFO_FILE)}
+    inputs = {"features": recorded_key(params.path("features") / FEATURES_INFO_FILE)}
     fingerprint = run_fingerprint(params, "transfer", SECTIONS, inputs)
     return EpochBackup(params.path("checkpoints") / "transfer", "transfer", fingerprint, train,
                        (0, params.transfer.epochs))
@@ -121,15 +107,11 @@ def train_head(params: Params, layers: list[keras.layers.Layer], num_classes: in
 def train_augmented(params: Params, model: keras.Model, manifest: Manifest
                     ) -> tuple[EpochBackup, np.ndarray]:
     """The whole classifier (base frozen) on augmented images: no cache can hold them."""
-    logger.warning("transfer: augmentation is on (%s): the cached features are BYPASSED; every "
-                   "epoch runs the frozen base on augmented images (much slower)",
-                   describe(params.augment))
-    training = with_augmentation(model, params.augment, params.train.seed)
+    splits = (params.data.train_split, params.data.validation_split)
+    training, train, validation = augmented_training(
+        model, params.augment, manifest, splits, params.train.batch_size, params.train.seed,
+        "transfer")
     compile_model(training, len(manifest.classes), params.transfer.learning_rate)
-    batch = params.train.batch_size
-    train = image_dataset(manifest, params.data.train_split, batch,
-                          shuffle_seed=params.train.seed)
-    validation = image_dataset(manifest, params.data.validation_split, batch)
     backup = transfer_backup(params, train)
     fit_resumable(training, train, validation, backup)
     return backup, model.predict(validation, verbose=0)

@@ -28,10 +28,9 @@ import tensorflow_data_validation as tfdv
 from warmstart.atomic import atomic_dir, write_json, write_text
 from warmstart.config.params import Params
 from warmstart.data.validated import write_validated
+from warmstart.layout import ANOMALIES_FILE, FACETS_FILE, QUARANTINE_FILE
 from warmstart.validation.checks import class_names, dataset_checks, file_checks
 from warmstart.validation.findings import (
-    QUARANTINE_FILE,
-    REPORT_FILE,
     Findings,
     ValidationFailed,
     format_findings,
@@ -58,11 +57,10 @@ from warmstart.validation.tfdv_checks import (
     read_baseline,
     tfdv_anomalies,
     write_baseline,
+    write_stats,
 )
 
 logger = logging.getLogger(__name__)
-
-FACETS_FILE = "facets.html"
 
 
 def run_validate(params: Params) -> Path:
@@ -98,13 +96,14 @@ def write_outputs(params: Params, table: pd.DataFrame, findings: Findings,
     with atomic_dir(report) as staging:
         for split, anomalies in findings.anomalies.items():
             tfdv.write_anomalies_text(anomalies, str(staging / f"anomalies_{split}.pbtxt"))
-            (staging / f"stats_{split}.pb").write_bytes(stats[split].SerializeToString())
-        write_json(staging / REPORT_FILE, report_dict(findings))
+        write_stats(staging, stats)
+        write_json(staging / ANOMALIES_FILE, report_dict(findings))
         write_json(staging / QUARANTINE_FILE, quarantine_manifest(table))
         write_text(staging / FACETS_FILE, facets_html(stats))
     metrics = metrics_dict(table, findings, seconds)
     write_json(params.path("validate_metrics"), metrics)
-    write_html(params.path("validation_html"), params, table, findings, stats)
+    write_html(params.path("validation_html"), (params.path("raw"), report), table, findings,
+               stats, params.validate.max_thumbnails)
     log_summary(table, findings, metrics, report)
 
 
@@ -119,9 +118,5 @@ def run_schema(params: Params, write: bool) -> int:
         write_schema(target, proposal)
         logger.info("Wrote %s: review it, curate it if needed, and commit it.", target)
     return 0
-
-
-
-
 
 

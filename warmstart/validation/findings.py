@@ -14,10 +14,9 @@ import pandas as pd
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from warmstart.errors import WarmstartError
+from warmstart.layout import ANOMALIES_FILE, QUARANTINE_FILE
 from warmstart.validation.checks import Problem
 
-REPORT_FILE = "anomalies.json"
-QUARANTINE_FILE = "quarantine.json"
 MAX_LISTED_FILES = 20
 
 
@@ -124,7 +123,7 @@ def format_findings(findings: Findings, report: Path) -> str:
     blocking = findings.blocking
     lines = [f"Data validation failed (policy {findings.policy}): {findings.anomaly_count} TFDV "
              f"anomal(y/ies), {len(blocking)} blocking problem(s). Full report: "
-             f"{report / REPORT_FILE}"]
+             f"{report / ANOMALIES_FILE}"]
     for split, anomalies in findings.anomalies.items():
         for name, info in sorted(anomalies.anomaly_info.items()):
             lines.append(f"- [{split}] {name}: {info.short_description} -- {info.description}")

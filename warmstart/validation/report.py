@@ -19,7 +19,6 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from warmstart.atomic import write_text
-from warmstart.config.params import Params
 from warmstart.data.decode import decode_rgb
 from warmstart.validation.findings import Findings
 from warmstart.validation.table import OK, STAT_COLUMNS
@@ -69,9 +68,11 @@ def log_summary(table: pd.DataFrame, findings: Findings, metrics: dict, report: 
     logger.info("\n".join(lines))
 
 
-def write_html(path: Path, params: Params, table: pd.DataFrame, findings: Findings,
-               stats: dict[str, Stats]) -> None:
-    thumbs = thumbnails(params.path("raw"), table, findings, params.validate.max_thumbnails)
+def write_html(path: Path, folders: tuple[Path, Path], table: pd.DataFrame, findings: Findings,
+               stats: dict[str, Stats], max_thumbnails: int) -> None:
+    """The offline page; ``folders`` are (raw data, report folder) for thumbnails and links."""
+    raw, report = folders
+    thumbs = thumbnails(raw, table, findings, max_thumbnails)
     verdict = "pass" if findings.ok else "fail"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Data validation"
              f"</title><style>{STYLE}</style></head><body><h1>Data validation</h1>",
@@ -81,7 +82,7 @@ def write_html(path: Path, params: Params, table: pd.DataFrame, findings: Findin
              f"problem(s), {findings.anomaly_count} TFDV anomal(y/ies)</div>",
              _splits_table(table), _anomalies_section(findings), _problems_section(
                  findings, thumbs), _drift_section(findings), _stats_section(stats),
-             _links(os.path.relpath(params.path("validation_report"), path.parent)),
+             _links(os.path.relpath(report, path.parent)),
              "</body></html>"]
     write_text(path, "\n".join(parts))
 

@@ -17,7 +17,6 @@ import hashlib
 import io
 import logging
 import math
-import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from PIL import Image, ImageStat, UnidentifiedImageError
 from tqdm import tqdm
 
 from warmstart.config.params import ValidateParams
-from warmstart.data.decode import decode_rgb
+from warmstart.data.decode import decode_rgb, decoder_message
 from warmstart.validation.phash import phash
 
 logger = logging.getLogger(__name__)
@@ -162,19 +161,12 @@ def _decode_and_measure(data: bytes) -> dict:
         pixels = decode_rgb(tf.constant(data)).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
         return {"status": "undecodable",
-                "error": f"training decoder failed: {_tf_message(exc)}"}
+                "error": f"training decoder failed: {decoder_message(exc)}"}
     grey = Image.fromarray(pixels, "RGB").convert("L")
     del pixels
     stat = ImageStat.Stat(grey)  # from the histogram: no float copy of the image
     return {"decodable": 1, "brightness": round(stat.mean[0], 3),
             "contrast": round(stat.stddev[0], 3), "phash": phash(grey)}
-
-
-def _tf_message(exc: tf.errors.OpError) -> str:
-    """The decoder's own words, without TF's op-name decorations."""
-    text = (exc.message or type(exc).__name__).splitlines()[0]
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
-    return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip()
 
 
 def bounded_map(function: Callable[[T], R], items: Iterable[T], workers: int,

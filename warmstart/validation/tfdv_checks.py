@@ -14,6 +14,7 @@ from tensorflow_data_validation.utils import stats_util
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from warmstart.atomic import atomic_dir
+from warmstart.layout import split_stats_file
 from warmstart.validation.checks import Problem
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ def tfdv_anomalies(stats: dict[str, Stats], schema: schema_pb2.Schema, splits: t
 
 def read_baseline(folder: Path, splits: tuple[str, ...]) -> dict[str, Stats]:
     """The previous version's statistics, per split, where present."""
-    found = {s: tfdv.load_stats_binary(str(folder / f"stats_{s}.pb")) for s in splits
-             if (folder / f"stats_{s}.pb").is_file()}
+    found = {s: tfdv.load_stats_binary(str(folder / split_stats_file(s))) for s in splits
+             if (folder / split_stats_file(s)).is_file()}
     if found:
         logger.info("Drift: comparing with the baseline statistics in %s", folder)
     else:
@@ -67,8 +68,13 @@ def read_baseline(folder: Path, splits: tuple[str, ...]) -> dict[str, Stats]:
 
 def write_baseline(folder: Path, stats: dict[str, Stats]) -> None:
     with atomic_dir(folder) as staging:
-        for split, split_stats in stats.items():
-            (staging / f"stats_{split}.pb").write_bytes(split_stats.SerializeToString())
+        write_stats(staging, stats)
+
+
+def write_stats(folder: Path, stats: dict[str, Stats]) -> None:
+    """One ``stats_<split>.pb`` per split (binary DatasetFeatureStatisticsList)."""
+    for split, split_stats in stats.items():
+        (folder / split_stats_file(split)).write_bytes(split_stats.SerializeToString())
 
 
 def facets_html(stats: dict[str, Stats]) -> str:

@@ -1,0 +1,327 @@
+"""The sections of params.yaml as frozen pydantic dataclasses: each field's type, range and fix.
+
+No field has a default: params.yaml is the single source of truth, so a key missing there is an
+error, never a value from the code. Pydantic *dataclasses* rather than ``BaseModel``: callers use
+``dataclasses.replace``/``asdict`` on them, and ``BaseModel``'s own ``validate`` and ``schema``
+would shadow the section ``validate`` and the path ``paths.schema``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import urllib.parse
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
+
+#: Number of layers of ``keras.applications.MobileNetV2(include_top=False)`` for every alpha
+#: and input size (checked against Keras by ``tests/test_params.py``).
+MOBILENET_V2_LAYERS = 154
+#: The alphas and input sizes for which Keras publishes ``weights="imagenet"`` MobileNetV2 files.
+IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
+WEIGHTS_KEYWORDS = ("imagenet", "none")
+
+#: Frozen, and an unknown key is an error. Strictness is per field (``Strict*``): a strict config
+#: would also refuse the plain dicts that sections are read from.
+section = dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Fix:
+    """Field metadata: how to repair a value out of range (the second sentence of ParamsError);
+    ``detail`` follows ``is <value>`` in the first one."""
+
+    text: str
+    detail: str = ""
+
+
+def invalid(problem: str, fix: str = "", key: str = "") -> PydanticCustomError:
+    """A check's failure, turned into ParamsError by ``messages``. ``key`` extends the location
+    pydantic reports (a field of a model validator, or a dotted key from ``Params``); an empty
+    ``fix`` falls back to the field's :class:`Fix`."""
+    return PydanticCustomError("params", "{problem}", {"problem": problem, "fix": fix, "key": key})
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def project_root(info: ValidationInfo) -> Path | None:
+    """params.yaml's folder while its content is validated (the context of ``params_from_dict``);
+    None for sections built in code (``dataclasses.replace``), which skip the checks about the
+    project's files: a benchmark may point outputs to a temporary folder."""
+    return (info.context or {}).get("root")
+
+
+def _relative(text: str, info: ValidationInfo) -> str:
+    path = Path(text)
+    outside = path.is_absolute() or ".." in path.parts or not path.parts
+    if outside and project_root(info) is not None:
+        raise invalid(f"is {str(path)!r}", "Pipeline outputs live inside the project: use a "
+                      "relative path without `..`.")
+    return text
+
+
+def _sha256(text: str) -> str:
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text.lower()):
+        raise invalid(f"is {text!r}, not 64 hex digits")
+    return text
+
+
+def _source_url(source: str) -> str:
+    """The URL rules of ``data.source``; a local path is checked by ``Params`` (needs the root)."""
+    if "://" in source and not is_url(source):
+        raise invalid(f"uses an unsupported scheme: {source!r}",
+                      "Use an http(s) URL, a local .zip file or a local folder.")
+    if is_url(source) and urllib.parse.urlsplit(source).password is not None:
+        raise invalid("contains a password", "Credentials never go in params.yaml (it is "
+                      "committed and logged): use a URL without user:password@.")
+    return source
+
+
+def _beam_flags(options: str) -> str:
+    try:
+        flags = shlex.split(options)
+    except ValueError as exc:
+        raise invalid(f"cannot be parsed: {exc}") from exc
+    bad = [flag for flag in flags if not flag.startswith("--")]
+    if bad:
+        raise invalid(f"has {bad[0]!r}, not a --flag", "Give Beam pipeline flags, e.g. "
+                      "'--runner=DirectRunner --direct_running_mode=multi_processing "
+                      "--direct_num_workers=2'.")
+    return options
+
+
+def _cron(expression: str) -> str:
+    if len(expression.split()) != 5:
+        raise invalid(f"is {expression!r}, not 5 cron fields", "Use minute hour day-of-month "
+                      "month day-of-week, e.g. '0 2 * * *' (02:00 every day).")
+    return expression
+
+
+def _time_zone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise invalid(f"is {name!r}, not an IANA time zone",
+                      "Use e.g. UTC or Europe/Berlin.") from exc
+    return name
+
+
+RelPath = Annotated[StrictStr, AfterValidator(_relative)]
+Sha256 = Annotated[StrictStr, AfterValidator(_sha256)]
+PositiveInt = Annotated[StrictInt, Field(gt=0), Fix("Use a value > 0.")]
+PositiveFloat = Annotated[StrictFloat, Field(gt=0), Fix("Use a value > 0.")]
+NonNegativeFloat = Annotated[StrictFloat, Field(ge=0), Fix("Use a value >= 0.")]
+OptionalNonNegativeFloat = Annotated[StrictFloat | None, Field(ge=0), Fix("Use a value >= 0.")]
+Fraction = Annotated[StrictFloat, Field(ge=0, le=1)]
+
+
+@section
+class PathsParams:
+    """Every file and folder the pipeline reads or writes; dvc.yaml interpolates the same keys."""
+
+    raw: RelPath
+    downloads: RelPath
+    schema: RelPath
+    validated: RelPath
+    validation_report: RelPath
+    validation_html: RelPath
+    validation_baseline: RelPath
+    validate_metrics: RelPath
+    processed: RelPath
+    features: RelPath
+    prefix: RelPath
+    transfer_model: RelPath
+    finetune_model: RelPath
+    transfer_predictions: RelPath
+    finetune_predictions: RelPath
+    transfer_metrics: RelPath
+    finetune_metrics: RelPath
+    evaluate_metrics: RelPath
+    transfer_history: RelPath
+    finetune_history: RelPath
+    evaluate_plots: RelPath
+    export_model: RelPath
+    export_metrics: RelPath
+    model_card: RelPath
+    promoted_model: RelPath
+    gate_metrics: RelPath
+    checkpoints: RelPath
+
+
+@section
+class DataParams:
+    source: Annotated[StrictStr, AfterValidator(_source_url)]
+    sha256: Annotated[Sha256 | None, Fix("Give the archive's `sha256sum` or null.")]
+    train_split: StrictStr
+    validation_split: StrictStr
+    max_download_bytes: PositiveInt
+    max_extract_bytes: PositiveInt
+
+    @model_validator(mode="after")
+    def _check_splits_and_source(self, info: ValidationInfo) -> DataParams:
+        if self.train_split == self.validation_split:
+            raise invalid("equals data.train_split", "Name two different split folders.",
+                          key="validation_split")
+        root = project_root(info)
+        if root is not None and not is_url(self.source):
+            self._check_local_source(root / self.source)
+        return self
+
+    @staticmethod
+    def _check_local_source(path: Path) -> None:
+        if not path.exists():
+            raise invalid(f"points to {path}, which does not exist", "Fix the path (relative "
+                          "to params.yaml) or use an http(s) URL.", key="source")
+        if path.is_file() and path.suffix.lower() != ".zip":
+            raise invalid(f"is a file but not a .zip: {path}", "Give a .zip archive or a folder "
+                          "of <split>/<class>/<image>.", key="source")
+
+
+@section
+class ValidateParams:
+    policy: Literal["fail", "quarantine"]
+    workers: PositiveInt
+    max_image_pixels: PositiveInt
+    max_file_bytes: PositiveInt
+    min_side: PositiveInt
+    max_aspect: Annotated[StrictFloat, Field(ge=1),
+                          Fix("Use a ratio long side / short side >= 1.")]
+    min_contrast: NonNegativeFloat
+    near_duplicate_distance: Annotated[StrictInt, Field(ge=-1, le=64), Fix(
+        "Use a pHash Hamming distance in [0, 64], or -1 to turn it off.")]
+    max_class_ratio: PositiveFloat
+    max_quarantine_fraction: Annotated[Fraction, Fix("Use a fraction in [0, 1].")]
+    skew_linf: OptionalNonNegativeFloat
+    skew_jsd: OptionalNonNegativeFloat
+    drift_linf: OptionalNonNegativeFloat
+    drift_jsd: OptionalNonNegativeFloat
+    beam_options: Annotated[StrictStr, AfterValidator(_beam_flags)]
+    max_thumbnails: PositiveInt
+
+
+@section
+class PreprocessParams:
+    image_size: Annotated[StrictInt, Field(ge=32),
+                          Fix("MobileNetV2 needs inputs of at least 32 pixels.")]
+    shard_size: PositiveInt
+
+
+@section
+class BaseParams:
+    alpha: Annotated[StrictFloat, Field(gt=0), Fix("Use a width multiplier > 0.")]
+    weights: StrictStr
+    sha256: Annotated[Sha256 | None, Fix("Give the weights file's `sha256sum` or null.")]
+
+    def weights_path(self, root: Path) -> Path | None:
+        """The weights file, or None for the keywords ``imagenet`` and ``none``."""
+        return None if self.weights in WEIGHTS_KEYWORDS else root / self.weights
+
+    @model_validator(mode="after")
+    def _check_weights_file(self, info: ValidationInfo) -> BaseParams:
+        """A weights path names an existing file: a typo must not mean random weights."""
+        root = project_root(info)
+        path = None if root is None else self.weights_path(root)
+        if path is not None and not path.is_file():
+            raise invalid(
+                f"points to {path}, which is not a file", "Give an existing Keras "
+                ".h5/.weights.h5 file of MobileNetV2 without its top, `imagenet` to download it, "
+                "or `none` for random weights (tests only).", key="weights")
+        return self
+
+
+@section
+class HeadParams:
+    dropout: Annotated[StrictFloat, Field(ge=0, lt=1), Fix("Use a value in [0, 1).")]
+
+
+@section
+class TrainParams:
+    batch_size: PositiveInt
+    seed: Annotated[StrictInt, Field(ge=0), Fix("Use a seed >= 0.")]
+    deterministic: StrictBool
+    strategy: Literal["default", "mirrored", "multi_worker"]
+
+
+@section
+class TransferParams:
+    epochs: PositiveInt
+    learning_rate: PositiveFloat
+
+
+@section
+class FinetuneParams:
+    fine_tune_at: Annotated[StrictInt, Field(ge=0, lt=MOBILENET_V2_LAYERS), Fix(
+        f"MobileNetV2 without top has {MOBILENET_V2_LAYERS} layers: use 0 to "
+        f"{MOBILENET_V2_LAYERS - 1}.", detail=", outside the base's layers")]
+    epochs: Annotated[StrictInt, Field(ge=0), Fix("Use 0 or more epochs.")]
+    learning_rate: PositiveFloat
+    cache_dtype: Literal["float16", "float32"]
+
+
+@section
+class AugmentParams:
+    """Random augmentation while training (Keras preprocessing layers, inactive at inference)."""
+
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
+    rotation: Annotated[StrictFloat, Field(ge=0, le=0.5),
+                        Fix("Use a fraction of a full turn in [0, 0.5] (0: off).")]
+    zoom: Annotated[StrictFloat, Field(ge=0, lt=1),
+                    Fix("Use a fraction of the image size in [0, 1) (0: off).")]
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip != "none" or self.rotation > 0 or self.zoom > 0
+
+
+@section
+class EvaluateParams:
+    threshold: Annotated[StrictFloat, Field(gt=0, lt=1),
+                         Fix("Use a decision threshold in (0, 1).")]
+
+
+@section
+class ExportParams:
+    int8: StrictBool
+    float32_tolerance: Annotated[StrictFloat, Field(gt=0, lt=1), Fix(
+        "Use the largest allowed |probability difference| in (0, 1), e.g. 0.0001.")]
+    int8_min_agreement: Annotated[Fraction, Fix(
+        "Use a top-1 agreement fraction in [0, 1], e.g. 0.995.")]
+
+
+@section
+class GateParams:
+    min_accuracy: Annotated[Fraction, Fix("Use a validation accuracy in [0, 1].")]
+    max_drop: Annotated[Fraction, Fix("Use an accuracy difference in [0, 1] (0: never worse).")]
+
+
+@section
+class OrchestrationParams:
+    """Prefect flows (flows/, tasks/): schedule and retries. No DVC stage depends on it."""
+
+    cron: Annotated[StrictStr, AfterValidator(_cron)]
+    timezone: Annotated[StrictStr, AfterValidator(_time_zone)]
+    retries: Annotated[StrictInt, Field(ge=0), Fix("Use 0 or more.")]
+    stage_retries: Annotated[dict[StrictStr, Annotated[StrictInt, Field(ge=0)]],
+                             Fix("Map stage names to retry counts >= 0.")]
+    retry_delay_seconds: Annotated[StrictFloat, Field(ge=0), Fix("Use 0 or more seconds.")]
+
+    def retries_for(self, stage: str) -> int:
+        return self.stage_retries.get(stage, self.retries)
