@@ -21,6 +21,7 @@ from pathlib import Path
 
 from warmstart.config.params import load_params
 from warmstart.inference.predict import find_labels, list_images, load_predictor, predict_files
+from warmstart.layout import VALIDATION
 from warmstart.stages.export import artefacts, run_export
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
-    images = Path(args.images or params.path("raw") / params.data.validation_split)
+    images = Path(args.images or params.path("raw") / VALIDATION)
     with tempfile.TemporaryDirectory(prefix="warmstart-bench-") as tmp:
         paths = dataclasses.replace(params.paths, export_model=f"{tmp}/export",
                                     export_metrics=f"{tmp}/export.json")

@@ -114,8 +114,9 @@ def set_param(project: Path, section: str, key: str, value) -> None:
     write_params(project, params)
 
 
-def metric(project: Path, name: str, key: str = "val_accuracy") -> float:
-    return json.loads((project / "metrics" / f"{name}.json").read_text())[key]
+def metric(project: Path, name: str, split: str = "validation") -> float:
+    """A training stage's last-epoch accuracy on ``split`` (metrics/<stage>.json)."""
+    return json.loads((project / "metrics" / f"{name}.json").read_text())[split]["accuracy"]
 
 
 def run_stage(project: Path, stage: str, log: Path) -> dict:

@@ -20,7 +20,7 @@ import yaml
 from tests.helpers.commands import make_dvc_project
 from tests.helpers.commands import run_command as dvc
 from tests.helpers.images import make_dataset
-from tests.helpers.project import prepare_project, tiny_params
+from tests.helpers.project import DEFAULT_PER_CLASS, prepare_project, tiny_params
 from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest, image_dataset, split_index
 from warmstart.inference.recorded import class_probabilities, read_predictions
@@ -99,15 +99,16 @@ def test_prefix_then_top_computes_the_classifier(run: Params, cut: int) -> None:
     np.testing.assert_allclose(split, full, atol=1e-5)
 
 
+@pytest.mark.parametrize("split", ["validation", "test"])
 def test_recorded_predictions_are_the_saved_models_outputs_on_the_images(
-        run: Params) -> None:
+        run: Params, split: str) -> None:
     """evaluate scores these files: they must be what model.keras computes from the pixels."""
     manifest = Manifest.read(run.path("processed"))
-    images, labels = images_of(run, "validation")
-    paths, _ = split_index(manifest, "validation")
+    images, labels = images_of(run, split)
+    paths, _ = split_index(manifest, split)
     for stage in ("transfer", "finetune"):
         model = load_model(run.path(f"{stage}_model") / MODEL_FILE)
-        recorded = read_predictions(run.path(f"{stage}_predictions"))
+        recorded = read_predictions(run.path(f"{stage}_predictions"))[split]
         assert recorded.paths == paths and recorded.classes == manifest.classes
         np.testing.assert_array_equal(recorded.labels, labels)
         full = class_probabilities(model.predict(images, verbose=0))
@@ -165,7 +166,7 @@ def test_transfer_model_equals_end_to_end_training_from_the_same_head(run: Param
     end_to_end.set_weights(transfer.get_weights())
     start = [w.copy() for w in cached_head[1].get_weights()]
     seed_everything(run.train.seed)
-    train_head(run, cached_head, len(manifest.classes), ("train", "validation"))
+    train_head(run, cached_head, len(manifest.classes), None)
     find_base(end_to_end).trainable = False
     end_to_end.compile(optimizer=keras.optimizers.RMSprop(run.transfer.learning_rate),
                        loss=keras.losses.BinaryCrossentropy())
@@ -280,7 +281,7 @@ def test_cache_info_records_boundary_and_size(run: Params) -> None:
 @pytest.mark.slow
 def test_dvc_reruns_the_caching_stages_on_any_relevant_change(tmp_path: Path) -> None:
     """`dvc status` after changing data, base, weights, image size or fine_tune_at."""
-    raw = tiny_params(make_dataset(tmp_path / "source"),
+    raw = tiny_params(make_dataset(tmp_path / "source", per_class=DEFAULT_PER_CLASS),
                       base={"weights": "weights/base.weights.h5"},
                       validate={"skew_jsd": None, "skew_linf": None})
     work = make_dvc_project(tmp_path / "project", raw)
@@ -304,9 +305,8 @@ def test_dvc_reruns_the_caching_stages_on_any_relevant_change(tmp_path: Path) ->
     assert changed("base", "alpha", 0.5) == {"features"}
     assert changed("base", "weights", "none") == {"features"}
     assert changed("preprocess", "image_size", 48) == {"preprocess"}
-    assert changed("data", "source", str(make_dataset(tmp_path / "other",
-                                                      per_class={"train": 13,
-                                                                 "validation": 6}))) == {"ingest"}
+    other = make_dataset(tmp_path / "other", per_class={**DEFAULT_PER_CLASS, "train": 13})
+    assert changed("data", "source", str(other)) == {"ingest"}
     # a weights file rewritten in place: DVC cannot see it (a param, not a dep); the cache key can
     calibrated_base(seed=1).save_weights(weights)
     params = load_params(work / "params.yaml")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 
 from warmstart.config.params import Params
 from warmstart.layout import MODEL_FILE
@@ -26,9 +27,10 @@ def train_once(params) -> tuple[dict[str, bytes], list[np.ndarray]]:
     return files, weights
 
 
+@pytest.mark.parametrize("class_weight", ["none", "balanced"])
 def test_two_runs_give_identical_metrics_and_weights(
-        tiny_project: Callable[..., Params]) -> None:
-    params = tiny_project()
+        tiny_project: Callable[..., Params], class_weight: str) -> None:
+    params = tiny_project(train={"class_weight": class_weight})
     first_files, first_weights = train_once(params)
     second_files, second_weights = train_once(params)
     assert first_files == second_files

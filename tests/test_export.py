@@ -67,6 +67,7 @@ def test_parity_is_computed_and_within_bounds(exported: Params) -> None:
     assert set(artefacts) == {"keras", "saved_model", "saved_model_uint8", "tflite_float32",
                               "tflite_int8", "finetune_predictions"}
     assert "top1_agreement" not in artefacts["keras"]  # the reference
+    assert artefacts["finetune_predictions"]["images"] == {"validation": 12, "test": 12}
     for name in ("saved_model", "saved_model_uint8", "tflite_float32"):
         assert artefacts[name]["max_abs_diff"] <= exported.export.float32_tolerance, name
         assert artefacts[name]["top1_agreement"] == 1.0, name
@@ -153,15 +154,26 @@ def test_predict_command_on_the_export_folder(exported: Params,
 def test_model_card_states_version_params_metrics_and_sizes(exported: Params) -> None:
     card = exported.path("model_card").read_text()
     digest = tree_digest(exported.path("raw"))["sha256"]
-    assert f"`{digest}` (sha256, computed" in card and "36 files" in card
-    assert "Classes (2): cats, dogs" in card and "train 24, validation 12" in card
+    assert f"`{digest}` (sha256, computed" in card and "48 files" in card
+    assert "Classes (2): cats, dogs" in card
+    assert "| split | cats | dogs | images |" in card  # split sizes per class
+    assert "| train | 12 | 12 | 24 |\n| validation | 6 | 6 | 12 |\n| test | 6 | 6 | 12 |" in card
     evaluation = json.loads(exported.path("evaluate_metrics").read_text())
-    accuracy = f"| accuracy | {evaluation['transfer']['accuracy']:.4g} | " \
-               f"{evaluation['finetune']['accuracy']:.4g} |"
-    assert accuracy in card
+    baseline = evaluation["majority_baseline"]
+    for split in ("test", "validation"):  # per split, naming it, beside the baseline
+        assert f"**{split.capitalize()} split** (12 images;" in card
+        accuracy = (f"| accuracy | {evaluation['transfer'][split]['accuracy']:.4g} | "
+                    f"{evaluation['finetune'][split]['accuracy']:.4g} | "
+                    f"{baseline[split]['accuracy']:.4g} |")
+        assert accuracy in card
+        assert f"| metric ({split}) | transfer | finetune | majority baseline (always cats) |" \
+            in card
+    assert card.index("**Test split**") < card.index("**Validation split**")
+    assert "| precision (binary: dogs) |" in card and "| balanced_accuracy |" in card
+    assert "Per class, fine-tuned model, test split:" in card
     sizes = export_metrics(exported)["artefacts"]
     assert f"| tflite_int8 | {sizes['tflite_int8']['bytes']} |" in card
-    assert "fine_tune_at: 100" in card and "min_accuracy: 0.0" in card
+    assert "fine_tune_at: 100" in card and "min_accuracy: null" in card
     assert "uv run --frozen dvc repro" in card
     assert "Validation findings: no validation report found" in card
     run_model_card(exported)

@@ -11,7 +11,7 @@ import yaml
 from tests.helpers.commands import command_env, make_dvc_project, run_command
 from tests.helpers.images import make_dataset
 from tests.helpers.imports import imported_modules, module_file
-from tests.helpers.project import tiny_params
+from tests.helpers.project import DEFAULT_PER_CLASS, tiny_params
 from tests.helpers.shared import REPO
 
 STAGE_ORDER = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
@@ -27,7 +27,8 @@ def ran_stages(output: str) -> list[str]:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A git + DVC project with this repo's dvc.yaml, code and schema, and tiny params."""
-    return make_dvc_project(tmp_path / "project", tiny_params(make_dataset(tmp_path / "source")))
+    source = make_dataset(tmp_path / "source", per_class=DEFAULT_PER_CLASS)
+    return make_dvc_project(tmp_path / "project", tiny_params(source))
 
 
 def commit(work: Path, message: str) -> None:

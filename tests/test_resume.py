@@ -36,8 +36,11 @@ TRANSFER_EPOCHS, FINETUNE_EPOCHS = 6, 4
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Params:
-    """A tiny prepared project (data, features and prefix caches), 6 + 4 epochs."""
+    """A tiny prepared project (data, features and prefix caches), 6 + 4 epochs, with
+    ``train.class_weight: balanced`` (Keras' class_weight maps the training data: the resumed
+    epochs must still see the uninterrupted run's order and weights)."""
     return prepare_project(tmp_path_factory.mktemp("resume"), upto="features",
+                           train={"class_weight": "balanced"},
                            transfer={"epochs": TRANSFER_EPOCHS},
                            finetune={"epochs": FINETUNE_EPOCHS})
 

@@ -1,7 +1,9 @@
-"""Stages preprocess → features → transfer → finetune → evaluate on tiny synthetic images."""
+"""Stages preprocess → features → transfer → finetune → evaluate on tiny synthetic images, with
+the train / validation / test roles and ``train.class_weight``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,21 +14,31 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers.images import CLASS_COLOURS
-from tests.helpers.project import prepare_project
-from warmstart.config.params import Params
-from warmstart.data.records import Manifest, image_dataset, labels_of
+from tests.helpers.images import CLASS_COLOURS, make_dataset
+from tests.helpers.project import (
+    DEFAULT_CLASSES,
+    prepare_project,
+    write_params,
+    write_processed,
+)
+from warmstart.config.params import Params, TrainParams
+from warmstart.data.records import Manifest, image_dataset, labels_of, split_index
+from warmstart.errors import WarmstartError
 from warmstart.inference.recorded import (
     Predictions,
     PredictionsError,
+    make_predictions,
     read_predictions,
     write_predictions,
 )
 from warmstart.layout import MODEL_FILE
 from warmstart.modeling.feature_cache import load_features
 from warmstart.modeling.model import find_base, load_model, unfreeze_from
-from warmstart.modeling.training import read_history
+from warmstart.modeling.training import class_weights, read_history
 from warmstart.stages.evaluate import check_same_images
+from warmstart.stages.features import run_features
+from warmstart.stages.finetune import run_finetune
+from warmstart.stages.transfer import run_transfer
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +52,9 @@ def test_preprocess_writes_shards_and_manifest(trained: Params) -> None:
     manifest = Manifest.read(trained.path("processed"))
     assert manifest.classes == ["birds", "cats", "dogs"] and manifest.image_size == 32
     assert manifest.count("train") == 36 and len(manifest.shard_paths("train")) == 3
+    assert sorted(manifest.splits) == ["test", "train", "validation"]
+    assert {split: manifest.class_counts(split) for split in manifest.splits} == {
+        "train": [12, 12, 12], "validation": [6, 6, 6], "test": [6, 6, 6]}
     images, labels = next(iter(image_dataset(manifest, "validation", batch_size=18)))
     assert images.shape == (18, 32, 32, 3) and images.dtype == "float32"
     assert float(images.numpy().min()) >= 0 and float(images.numpy().max()) <= 255
@@ -98,30 +113,58 @@ def test_finetune_changes_only_layers_from_fine_tune_at(trained: Params) -> None
                    for n in changed)  # BN statistics and scales untouched
 
 
-def test_evaluate_reports_both_models(trained: Params) -> None:
+def test_evaluate_reports_both_models_per_split(trained: Params) -> None:
     results = json.loads(trained.path("evaluate_metrics").read_text())
-    assert set(results) == {"transfer", "finetune"}
-    for metrics in results.values():
-        assert {"loss", "accuracy", "precision", "recall", "f1", "roc_auc"} <= set(metrics)
-        matrix = metrics["confusion_matrix"]
-        assert sum(sum(row.values()) for row in matrix.values()) == 18
-        correct = sum(matrix[name][name] for name in matrix)
-        assert metrics["accuracy"] == pytest.approx(correct / 18, abs=1e-6)
-        # Learning itself is asserted on real data (test_realdata.py): features of a random
-        # base are ~1e-11, too small for a few epochs of head training to move.
+    assert set(results) == {"transfer", "finetune", "majority_baseline"}
+    for stage in ("transfer", "finetune"):
+        assert set(results[stage]) == {"validation", "test"}
+        for metrics in results[stage].values():
+            assert {"loss", "accuracy", "balanced_accuracy", "precision", "recall", "f1",
+                    "macro_f1", "roc_auc", "per_class"} <= set(metrics)
+            assert metrics["average"] == "macro" and metrics["count"] == 18
+            matrix = metrics["confusion_matrix"]
+            assert sum(sum(row.values()) for row in matrix.values()) == 18
+            correct = sum(matrix[name][name] for name in matrix)
+            assert metrics["accuracy"] == pytest.approx(correct / 18, abs=1e-6)
+            recalls = [matrix[name][name] / 6 for name in matrix]
+            assert metrics["balanced_accuracy"] == pytest.approx(np.mean(recalls), abs=1e-6)
+            assert {name: m["support"] for name, m in metrics["per_class"].items()} == {
+                "birds": 6, "cats": 6, "dogs": 6}
+            for name, per_class in metrics["per_class"].items():
+                assert per_class["recall"] == pytest.approx(matrix[name][name] / 6, abs=1e-6)
+            # Learning itself is asserted on real data (test_realdata.py): features of a random
+            # base are ~1e-11, too small for a few epochs of head training to move.
     transfer = json.loads(trained.path("transfer_metrics").read_text())
-    assert results["transfer"]["accuracy"] == pytest.approx(transfer["val_accuracy"], abs=1e-6)
+    assert results["transfer"]["validation"]["accuracy"] == pytest.approx(
+        transfer["validation"]["accuracy"], abs=1e-6)
+    assert set(transfer) == {"epochs", "train", "validation"}  # test never enters training
+    assert results["majority_baseline"] == {
+        "class": "birds", "chosen_on": "train", "validation": {"accuracy": 0.333333, "count": 18},
+        "test": {"accuracy": 0.333333, "count": 18}}
     plots = trained.path("evaluate_plots")
-    assert sorted(p.name for p in plots.iterdir()) == [
-        "confusion_finetune.csv", "confusion_transfer.csv", "roc_finetune.csv",
-        "roc_transfer.csv"]
+    assert sorted(p.name for p in plots.iterdir()) == sorted(
+        f"{kind}_{stage}_{split}.csv" for kind in ("confusion", "roc")
+        for stage in ("transfer", "finetune") for split in ("validation", "test"))
+
+
+def test_test_predictions_are_of_the_test_images_and_after_training(trained: Params) -> None:
+    manifest = Manifest.read(trained.path("processed"))
+    for stage in ("transfer", "finetune"):
+        recorded = read_predictions(trained.path(f"{stage}_predictions"))
+        assert list(recorded) == ["validation", "test"]
+        for split, run in recorded.items():
+            assert run.paths == split_index(manifest, split)[0]
+            assert all(path.startswith(f"{split}/") for path in run.paths)
+        history = read_history(trained.path(f"{stage}_history"))
+        assert set(history[0]) == {"stage", "epoch", "loss", "accuracy", "val_loss",
+                                   "val_accuracy"}  # validation monitored, nothing else
 
 
 def test_validation_prefix_is_float32_whatever_the_cache_dtype(trained: Params) -> None:
     info = json.loads((trained.path("prefix") / "prefix.json").read_text())
     assert info["dtype"] == "float16"
     assert {s: v["dtype"] for s, v in info["splits"].items()} == {
-        "train": "float16", "validation": "float32"}
+        "train": "float16", "validation": "float32", "test": "float32"}
 
 
 def test_evaluate_imports_no_tensorflow(trained: Params) -> None:
@@ -143,15 +186,24 @@ def test_evaluate_refuses_predictions_of_different_images() -> None:
 
 def test_predictions_file_round_trip_and_bad_file(tmp_path: Path) -> None:
     target = tmp_path / "p.csv"
-    write_predictions(target, ["x/1.jpg", "x/2.jpg"], np.array([1, 0]),
-                      np.array([[0.75], [0.125]], np.float32), ["cats", "dogs"])
+    classes = ["cats", "dogs"]
+    write_predictions(target, {
+        "validation": make_predictions(["x/1.jpg", "x/2.jpg"], np.array([1, 0]),
+                                       np.array([[0.75], [0.125]], np.float32), classes),
+        "test": make_predictions(["y/3.jpg"], np.array([0]), np.array([[0.5]]), classes)})
+    assert target.read_text().splitlines()[:2] == ["split,path,actual,prob_cats,prob_dogs",
+                                                   "validation,x/1.jpg,dogs,0.25,0.75"]
     back = read_predictions(target)
-    assert back.paths == ["x/1.jpg", "x/2.jpg"] and back.classes == ["cats", "dogs"]
-    np.testing.assert_array_equal(back.labels, [1, 0])
-    np.testing.assert_allclose(back.probabilities, [[0.25, 0.75], [0.875, 0.125]])
+    assert list(back) == ["validation", "test"]
+    assert back["validation"].paths == ["x/1.jpg", "x/2.jpg"]
+    assert back["validation"].classes == classes and back["test"].paths == ["y/3.jpg"]
+    np.testing.assert_array_equal(back["validation"].labels, [1, 0])
+    np.testing.assert_allclose(back["validation"].probabilities, [[0.25, 0.75], [0.875, 0.125]])
     (tmp_path / "bad.csv").write_text("path,label\na.jpg,1\n")
     with pytest.raises(PredictionsError, match=r"bad\.csv is not a predictions file"):
         read_predictions(tmp_path / "bad.csv")
+    with pytest.raises(PredictionsError, match=r"not a predictions file of the splits"):
+        read_predictions(target, splits=("validation", "test", "train"))
     with pytest.raises(PredictionsError, match="missing"):
         read_predictions(tmp_path / "absent.csv")
 
@@ -170,6 +222,69 @@ def test_batchnorm_stays_in_inference_mode_when_fine_tuning() -> None:
 def test_binary_run_with_zero_finetune_epochs(tiny_project: Callable[..., Params]) -> None:
     params = tiny_project(upto="evaluate", finetune={"epochs": 0})
     results = json.loads(params.path("evaluate_metrics").read_text())
-    assert results["finetune"]["accuracy"] == results["transfer"]["accuracy"]
+    for split in ("validation", "test"):
+        assert results["finetune"][split] == results["transfer"][split]
+    assert set(results["finetune"]["test"]["per_class"]) == {"cats", "dogs"}
+    assert results["finetune"]["test"]["average"] == "binary"
     model = load_model(params.path("finetune_model") / MODEL_FILE)
     assert model.output_shape == (None, 1)
+
+
+# ---- class imbalance: train.class_weight ------------------------------------------------------
+
+def test_balanced_class_weights_are_n_over_k_times_n_c() -> None:
+    """7:1 training split: each image weighs n / (k * n_c), so both classes weigh n / k."""
+    split = {"count": 16, "shards": [], "class_counts": {"cats": 14, "dogs": 2}}
+    manifest = Manifest(Path("."), ["cats", "dogs"], 32, {"train": split})
+    train = TrainParams(batch_size=8, seed=1, deterministic=True, strategy="default",
+                        class_weight="balanced")
+    weights = class_weights(train, manifest)
+    assert weights == {0: 16 / (2 * 14), 1: 16 / (2 * 2)}
+    assert weights[0] * 14 == weights[1] * 2 == 8.0
+    assert class_weights(dataclasses.replace(train, class_weight="none"), manifest) is None
+    empty = {"train": {**split, "class_counts": {"cats": 16, "dogs": 0}}}
+    with pytest.raises(WarmstartError, match=r"no images of \['dogs'\]"):
+        class_weights(train, Manifest(Path("."), ["cats", "dogs"], 32, empty))
+
+
+@pytest.fixture(scope="module")
+def imbalanced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Params]:
+    """The same 7:1 training split (14 cats, 2 dogs; 6 + 6 validation and test) trained with
+    ``train.class_weight`` none and balanced: features, transfer, finetune."""
+    root = tmp_path_factory.mktemp("imbalanced")
+    source = make_dataset(root / "src", per_class={"train": 14, "validation": 6, "test": 6})
+    for extra in sorted((source / "train" / "dogs").glob("*.jpg"))[2:]:
+        extra.unlink()
+    runs = {}
+    for mode in ("none", "balanced"):
+        params = write_params(root / mode, source, train={"class_weight": mode},
+                              transfer={"epochs": 4, "learning_rate": 0.05})
+        write_processed(params, source, DEFAULT_CLASSES)
+        for stage in (run_features, run_transfer, run_finetune):
+            stage(params)
+        runs[mode] = params
+    return runs
+
+
+def test_balanced_class_weight_reweighs_the_training_loss(imbalanced: dict[str, Params]) -> None:
+    manifest = Manifest.read(imbalanced["none"].path("processed"))
+    assert manifest.class_counts("train") == [14, 2]
+    for stage in ("transfer", "finetune"):
+        none, balanced = (read_history(imbalanced[m].path(f"{stage}_history"))
+                          for m in ("none", "balanced"))
+        # the same data, order and initial weights; only the loss weighting differs
+        assert float(none[0]["loss"]) != pytest.approx(float(balanced[0]["loss"]), rel=1e-3)
+    weights = {mode: load_model(params.path("transfer_model") / MODEL_FILE).get_layer(
+        "head_dense").get_weights() for mode, params in imbalanced.items()}
+    assert not np.allclose(weights["none"][1], weights["balanced"][1])
+
+
+def test_balanced_class_weight_raises_the_minority_class(imbalanced: dict[str, Params]) -> None:
+    """A random base gives near-zero features: the head's bias decides. Unweighted, it drifts
+    to the majority class (cats); balanced, the 2 dogs weigh as much as the 14 cats."""
+    dogs = {}
+    for mode, params in imbalanced.items():
+        recorded = read_predictions(params.path("transfer_predictions"))["validation"]
+        dogs[mode] = float(recorded.probabilities[:, 1].mean())
+    assert dogs["none"] < 0.5 - 0.05, dogs
+    assert dogs["balanced"] > dogs["none"] + 0.05, dogs

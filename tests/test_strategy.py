@@ -33,7 +33,7 @@ TWO_CPUS = ("import sys, tensorflow as tf; "
             " [tf.config.LogicalDeviceConfiguration()] * 2); "
             "from warmstart.cli import main; sys.exit(main(sys.argv[1:]))")
 SHARED_INPUTS = ("processed", "features", "prefix")
-PER_CLASS = {"train": 24, "validation": 12}
+PER_CLASS = {"train": 24, "validation": 12, "test": 6}
 
 
 def train(prepared: Params, strategy: str, stages: tuple[str, ...]) -> tuple[Path, str]:

@@ -14,9 +14,11 @@ import pytest
 from PIL import Image
 
 from tests.helpers.images import make_dataset, write_image
+from tests.helpers.project import DEFAULT_PER_CLASS
 from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest
 from warmstart.data.validated import read_validated
+from warmstart.layout import SPLITS
 from warmstart.stages.features import run_features
 from warmstart.stages.preprocess import run_preprocess
 from warmstart.stages.transfer import run_transfer
@@ -66,8 +68,9 @@ def scene(size: tuple[int, int]) -> Image.Image:
 
 
 def make_dirty(raw: Path, outside: Path) -> Path:
-    """A clean tiny dataset at ``raw`` plus one file (or folder) per fault."""
-    make_dataset(raw)
+    """A clean tiny dataset at ``raw`` (train, validation, test) plus one file (or folder) per
+    fault."""
+    make_dataset(raw, per_class=DEFAULT_PER_CLASS)
     rng = np.random.default_rng(7)
 
     def noise() -> Image.Image:  # a different picture per file: no accidental near-duplicates
@@ -158,7 +161,7 @@ def test_quarantine_policy_trains_on_the_clean_rest(dirty) -> None:
     run_preprocess(params)
     processed = Manifest.read(params.path("processed"))
     clean = table[table["quarantined"] == 0]
-    for split in ("train", "validation"):
+    for split in SPLITS:
         assert processed.count(split) == int((clean["split"] == split).sum())
     run_features(params)
     run_transfer(params)

@@ -33,7 +33,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "finetune": ("warmstart.stages.finetune", "run_finetune",
                  "unfreeze the base from finetune.fine_tune_at and train more"),
     "evaluate": ("warmstart.stages.evaluate", "run_evaluate",
-                 "metrics and plots of both models on the validation split"),
+                 "metrics and plots of both models on the validation and test splits"),
     "export": ("warmstart.stages.export", "run_export",
                "SavedModel + TFLite (float32, int8) of the fine-tuned model, parity-checked"),
     "model_card": ("warmstart.stages.model_card", "run_model_card",
@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  "and show its diff against the committed one")
     schema.add_argument("--write", action="store_true", help="write the proposal to "
                         "paths.schema (review and commit it)")
+    init = commands.add_parser(
+        "init", help="set the project up for your images: detect the layout of --source, "
+        "write data.* into params.yaml and propose the schema from it")
+    init.add_argument("--source", required=True, help="http(s) URL, .zip or folder of images "
+                      "(split folders, class folders or a CSV of path,label[,split])")
+    init.add_argument("--dry-run", action="store_true", help="show what it found and the "
+                      "diffs of params.yaml and the schema; write nothing")
     add_predict_parser(commands)
     return parser
 
@@ -93,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return run_predict(args)
+        if args.command == "init":  # before load_params: the old data.source may be gone
+            onboarding = import_module("warmstart.data.onboarding")
+            return onboarding.run_init(Path(args.params), args.source, dry_run=args.dry_run)
         params = load_params(args.params)
         if args.command == "schema":
             validate = import_module("warmstart.stages.validate")

@@ -15,6 +15,10 @@ from warmstart.atomic import write_json
 #: them: train fits, validation is where choices are made, test is never used for a choice.
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)
+#: ``paths.split_assignments`` (CSV, written by ingest, kept between runs): one row per source
+#: image: its path in the source, content hash, class, split, and duplicate group (the sha256 of
+#: the group's first member; byte- or near-identical images share it and always share a split).
+SPLIT_ASSIGNMENT_COLUMNS = ("path", "sha256", "class", "split", "group")
 #: A trained Keras model in every model folder (transfer, finetune, export, promoted).
 MODEL_FILE = "model.keras"
 #: Class names, as ``{"classes": [...]}``; the export adds ``image_size`` and ``threshold``.
@@ -23,6 +27,10 @@ CLASSES_FILE = "classes.json"
 MANIFEST_FILE = "manifest.json"
 #: The validate stage's per-image table (every file, ``quarantined`` and why).
 TABLE_FILE = "images.csv"
+#: The columns of that table that validate computes TFDV statistics over (the features of the
+#: schema and of the ``stats_<split>.pb`` files): categorical ones first.
+STAT_FEATURES = ("label", "format", "extension", "mode", "width", "height", "aspect",
+                 "channels", "file_bytes", "decodable", "brightness", "contrast")
 #: The frozen base the features were computed with (``paths.features``).
 BASE_FILE = "base.keras"
 #: The caches' info files: their cache key and what they hold.
@@ -47,6 +55,16 @@ DVC_LOCK_FILE = "dvc.lock"
 def split_stats_file(split: str) -> str:
     """TFDV statistics of one split (validation report and drift baseline)."""
     return f"stats_{split}.pb"
+
+
+def confusion_plot(stage: str, split: str) -> str:
+    """The evaluate stage's (actual, predicted) rows of one model on one split."""
+    return f"confusion_{stage}_{split}.csv"
+
+
+def roc_plot(stage: str, split: str) -> str:
+    """The evaluate stage's ROC curve (fpr, tpr) of one model on one split."""
+    return f"roc_{stage}_{split}.csv"
 
 
 def write_classes(path: Path, classes: list[str], **serving: float | int) -> None:

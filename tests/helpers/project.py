@@ -14,8 +14,11 @@ import yaml
 from tests.helpers.images import make_dataset
 from tests.helpers.shared import REPO
 from warmstart.config.params import Params, load_params
+from warmstart.layout import TRAIN
 
 DEFAULT_CLASSES = ("cats", "dogs")
+#: Images per class and split of a prepared project: all three splits, as ingest hands them on.
+DEFAULT_PER_CLASS = {"train": 12, "validation": 6, "test": 6}
 
 
 def tiny_params(source: Path | str, **overrides: dict) -> dict:
@@ -27,8 +30,11 @@ def tiny_params(source: Path | str, **overrides: dict) -> dict:
     params["train"].update(batch_size=8)
     params["transfer"].update(epochs=3, learning_rate=0.01)
     params["finetune"].update(epochs=2, learning_rate=0.001)
-    # A random-weights base cannot reach real accuracies: the gate promotes any tiny model.
-    params["gate"].update(min_accuracy=0.0, max_drop=1.0)
+    # Tiny splits (a few images per class, a test split held out of 6 validation images).
+    params["validate"].update(min_images_per_class=1)
+    # A random-weights base cannot beat even the majority-class baseline reliably: the gate
+    # promotes any tiny model.
+    params["gate"].update(min_gain_over_baseline=None, min_accuracy=None, max_drop=1.0)
     for section, values in overrides.items():
         params[section].update(values)
     return params
@@ -52,7 +58,7 @@ def prepare_project(root: Path, classes: tuple[str, ...] = DEFAULT_CLASSES,
     from warmstart.cli import STAGES, stage_function
     from warmstart.validation.schema import propose_schema, write_schema
 
-    source = make_dataset(root / "src", classes=classes, per_class=per_class)
+    source = make_dataset(root / "src", classes=classes, per_class=per_class or DEFAULT_PER_CLASS)
     params = write_params(root / "work", source, **overrides)
     names = list(STAGES)
     first = 0
@@ -62,7 +68,7 @@ def prepare_project(root: Path, classes: tuple[str, ...] = DEFAULT_CLASSES,
     for name in names[first:names.index(upto) + 1]:
         stage_function(name)(params)
         if name == "ingest":
-            proposal = propose_schema(params.path("raw"), params.data.train_split,
+            proposal = propose_schema(params.path("raw"), TRAIN,
                                       params.validate)
             write_schema(params.path("schema"), proposal)
     return params
@@ -76,7 +82,7 @@ def write_processed(params: Params, source: Path, classes: tuple[str, ...]) -> N
     from warmstart.atomic import write_json
     from warmstart.data.decode import load_image
     from warmstart.data.records import serialize_example, shard_name
-    from warmstart.layout import MANIFEST_FILE
+    from warmstart.layout import MANIFEST_FILE, SPLITS
 
     def write_split(split: str, files: list[Path], labels: list[int]) -> list[str]:
         name = shard_name(split, 0, 1)
@@ -90,9 +96,10 @@ def write_processed(params: Params, source: Path, classes: tuple[str, ...]) -> N
     names, size = sorted(classes), params.preprocess.image_size
     splits = {}
     params.path("processed").mkdir(parents=True)
-    for split in (params.data.train_split, params.data.validation_split):
+    for split in SPLITS:
         files = sorted((params.path("raw") / split).glob("*/*.jpg"))
         labels = [names.index(f.parent.name) for f in files]
-        splits[split] = {"count": len(files), "shards": write_split(split, files, labels)}
+        splits[split] = {"count": len(files), "shards": write_split(split, files, labels),
+                         "class_counts": {name: labels.count(i) for i, name in enumerate(names)}}
     write_json(params.path("processed") / MANIFEST_FILE,
                {"classes": names, "image_size": size, "splits": splits})

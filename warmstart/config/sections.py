@@ -29,6 +29,8 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from warmstart.layout import SPLITS, STAT_FEATURES
+
 #: Number of layers of ``keras.applications.MobileNetV2(include_top=False)`` for every alpha
 #: and input size (checked against Keras by ``tests/test_params.py``).
 MOBILENET_V2_LAYERS = 154
@@ -139,6 +141,7 @@ class PathsParams:
 
     raw: RelPath
     downloads: RelPath
+    split_assignments: RelPath
     schema: RelPath
     validated: RelPath
     validation_report: RelPath
@@ -166,20 +169,50 @@ class PathsParams:
     checkpoints: RelPath
 
 
+#: ``data.layout``: how the source is organised (``auto``: detected by ingest).
+LAYOUTS = ("auto", "split_folders", "class_folders", "csv")
+
+
+def _split_fractions(fractions: dict[str, float]) -> dict[str, float]:
+    """One share per canonical split (train, validation, test), summing to 1, train > 0."""
+    if set(fractions) != set(SPLITS):
+        raise invalid(f"has keys {sorted(fractions)}", f"Give exactly {', '.join(SPLITS)}.")
+    if any(value < 0 for value in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
+        raise invalid(f"is {fractions}", "Use shares >= 0 that sum to 1, e.g. "
+                      "{train: 0.8, validation: 0.1, test: 0.1}.")
+    if fractions["train"] == 0:
+        raise invalid("gives train no images", "Give train a share > 0.")
+    return {split: float(fractions[split]) for split in SPLITS}
+
+
 @section
 class DataParams:
+    """Where the data comes from and how the source is organised; after ingest every stage sees
+    the canonical splits of ``warmstart.layout.SPLITS`` whatever the source calls them."""
+
     source: Annotated[StrictStr, AfterValidator(_source_url)]
     sha256: Annotated[Sha256 | None, Fix("Give the archive's `sha256sum` or null.")]
+    layout: Literal[LAYOUTS]
     train_split: StrictStr
     validation_split: StrictStr
+    test_split: StrictStr
+    test_fraction: Annotated[StrictFloat, Field(ge=0, lt=1), Fix(
+        "Use the share of each class's validation images held out as test, in [0, 1).")]
+    split_fractions: Annotated[dict[StrictStr, Annotated[StrictFloat | StrictInt, Field(ge=0)]],
+                               AfterValidator(_split_fractions),
+                               Fix("Use shares >= 0 of train, validation and test.")]
+    csv: StrictStr
     max_download_bytes: PositiveInt
     max_extract_bytes: PositiveInt
 
     @model_validator(mode="after")
     def _check_splits_and_source(self, info: ValidationInfo) -> DataParams:
-        if self.train_split == self.validation_split:
-            raise invalid("equals data.train_split", "Name two different split folders.",
-                          key="validation_split")
+        names = [("train_split", self.train_split),
+                 ("validation_split", self.validation_split), ("test_split", self.test_split)]
+        for index, (key, name) in enumerate(names):
+            if name in [earlier for _, earlier in names[:index]]:
+                raise invalid(f"is {name!r}, the name of another split",
+                              "Name three different split folders.", key=key)
         root = project_root(info)
         if root is not None and not is_url(self.source):
             self._check_local_source(root / self.source)
@@ -192,7 +225,7 @@ class DataParams:
                           "to params.yaml) or use an http(s) URL.", key="source")
         if path.is_file() and path.suffix.lower() != ".zip":
             raise invalid(f"is a file but not a .zip: {path}", "Give a .zip archive or a folder "
-                          "of <split>/<class>/<image>.", key="source")
+                          "(split folders, class folders or a CSV of labels).", key="source")
 
 
 @section
@@ -207,12 +240,18 @@ class ValidateParams:
     min_contrast: NonNegativeFloat
     near_duplicate_distance: Annotated[StrictInt, Field(ge=-1, le=64), Fix(
         "Use a pHash Hamming distance in [0, 64], or -1 to turn it off.")]
-    max_class_ratio: PositiveFloat
+    min_images_per_class: PositiveInt
+    warn_class_ratio: Annotated[StrictFloat, Field(ge=1),
+                                Fix("Use a ratio largest / smallest class >= 1.")]
     max_quarantine_fraction: Annotated[Fraction, Fix("Use a fraction in [0, 1].")]
     skew_linf: OptionalNonNegativeFloat
     skew_jsd: OptionalNonNegativeFloat
     drift_linf: OptionalNonNegativeFloat
     drift_jsd: OptionalNonNegativeFloat
+    noise_factor: NonNegativeFloat
+    noise_samples: PositiveInt
+    drift_blocking: Annotated[list[Literal[STAT_FEATURES]], Fix(
+        f"List features of the statistics: {', '.join(STAT_FEATURES)}.")]
     beam_options: Annotated[StrictStr, AfterValidator(_beam_flags)]
     max_thumbnails: PositiveInt
 
@@ -258,6 +297,9 @@ class TrainParams:
     seed: Annotated[StrictInt, Field(ge=0), Fix("Use a seed >= 0.")]
     deterministic: StrictBool
     strategy: Literal["default", "mirrored", "multi_worker"]
+    #: ``balanced``: each training image weighs n / (k * n_c) in the loss (n training images,
+    #: k classes, n_c of its class), from the training split's counts; ``none``: all weigh 1.
+    class_weight: Literal["none", "balanced"]
 
 
 @section
@@ -308,7 +350,13 @@ class ExportParams:
 
 @section
 class GateParams:
-    min_accuracy: Annotated[Fraction, Fix("Use a validation accuracy in [0, 1].")]
+    """The promotion bounds, all on the TEST split (never used for a choice before the gate)."""
+
+    min_gain_over_baseline: Annotated[StrictFloat | None, Field(ge=0, le=1), Fix(
+        "Use the accuracy margin over the majority-class baseline in [0, 1] (0: strictly "
+        "better), or null to skip this check.")]
+    min_accuracy: Annotated[StrictFloat | None, Field(ge=0, le=1), Fix(
+        "Use a test accuracy in [0, 1], or null for no absolute bar.")]
     max_drop: Annotated[Fraction, Fix("Use an accuracy difference in [0, 1] (0: never worse).")]
 
 

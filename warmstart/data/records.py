@@ -1,44 +1,21 @@
 
-"""Reading and writing the preprocessed TFRecord shards as tf.data pipelines."""
+"""Reading and writing the preprocessed TFRecord shards as tf.data pipelines.
+
+``Manifest`` (``warmstart.data.manifest``, no TensorFlow) says which shards each split has.
+"""
 
 from __future__ import annotations
-
-import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from warmstart.layout import MANIFEST_FILE
+from warmstart.data.manifest import Manifest
 
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
     "path": tf.io.FixedLenFeature([], tf.string),
 }
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What `preprocess` wrote: class names, image size and the shards of each split."""
-
-    folder: Path
-    classes: list[str]
-    image_size: int
-    splits: dict[str, dict]
-
-    @classmethod
-    def read(cls, folder: Path) -> Manifest:
-        data = json.loads((folder / MANIFEST_FILE).read_text())
-        return cls(folder=folder, classes=data["classes"], image_size=data["image_size"],
-                   splits=data["splits"])
-
-    def count(self, split: str) -> int:
-        return self.splits[split]["count"]
-
-    def shard_paths(self, split: str) -> list[str]:
-        return [str(self.folder / name) for name in self.splits[split]["shards"]]
 
 
 def shard_name(split: str, index: int, count: int) -> str:

@@ -1,20 +1,21 @@
-"""Validation-split predictions of a trained model: what the `evaluate` stage scores.
+"""Validation- and test-split predictions of a trained model: what the `evaluate` stage scores.
 
 Once trained, the transfer and finetune stages each write ``paths.<stage>_predictions``: a CSV
-with ``path`` (the image, relative to the data root), ``actual`` (its class) and one
-``prob_<class>`` column per class, in class order and in the split's stored order. They compute
-them from the exact inputs of their trained layers, in the same process: the head on the frozen
-base's pooled features (transfer), the trainable top on the validation split's float32 prefix
-cache (finetune), or the whole model on the images when augmentation bypasses the caches. These
-equal the saved full model's predictions on the images (``tests/test_cache.py``), and the
-``export`` stage re-checks the saved model against them. Reading needs no TensorFlow: `evaluate`
-starts in about a second instead of importing TF and running both models again.
+with ``split`` (validation, then test), ``path`` (the image, relative to the data root),
+``actual`` (its class) and one ``prob_<class>`` column per class, in class order and in each
+split's stored order. They compute them from the exact inputs of their trained layers, in the
+same process: the head on the frozen base's pooled features (transfer), the trainable top on the
+float32 prefix cache (finetune), or the whole model on the images when augmentation bypasses the
+caches. These equal the saved full model's predictions on the images (``tests/test_cache.py``),
+and the ``export`` stage re-checks the saved model against them. The test split's rows are
+written after training, which never sees them. Reading needs no TensorFlow: `evaluate` starts in
+about a second instead of importing TF and running both models again.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,12 @@ import pandas as pd
 
 from warmstart.atomic import write_text
 from warmstart.errors import WarmstartError
+from warmstart.layout import TEST, VALIDATION
 
-PATH, ACTUAL, PROB = "path", "actual", "prob_"
+SPLIT, PATH, ACTUAL, PROB = "split", "path", "actual", "prob_"
+#: The splits a training stage records predictions on, in file order: validation (where choices
+#: are made) and test (held out: what evaluate, the model card and the gate report).
+RECORDED_SPLITS = (VALIDATION, TEST)
 
 
 class PredictionsError(WarmstartError):
@@ -56,34 +61,50 @@ def predict_labels(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     return probabilities.argmax(axis=1)
 
 
-def write_predictions(path: Path, paths: Sequence[str], labels: np.ndarray, outputs: np.ndarray,
-                      classes: Sequence[str]) -> None:
-    """Write a model's raw outputs (sigmoid or softmax) for the images ``paths`` atomically."""
+def make_predictions(paths: Sequence[str], labels: np.ndarray, outputs: np.ndarray,
+                     classes: Sequence[str]) -> Predictions:
+    """A model's raw outputs (sigmoid or softmax) on the images ``paths`` as Predictions."""
     probabilities = class_probabilities(outputs)
     if not len(paths) == len(labels) == len(probabilities):
-        raise PredictionsError(f"{path}: {len(paths)} paths, {len(labels)} labels but "
+        raise PredictionsError(f"{len(paths)} paths, {len(labels)} labels but "
                                f"{len(probabilities)} predictions (a bug: please report it)")
-    frame = pd.DataFrame({PATH: list(paths), ACTUAL: np.asarray(classes)[labels]})
-    for index, name in enumerate(classes):
-        frame[f"{PROB}{name}"] = probabilities[:, index]
+    return Predictions(list(paths), np.asarray(labels, np.int64), probabilities, list(classes))
+
+
+def write_predictions(path: Path, runs: Mapping[str, Predictions]) -> None:
+    """Write one model's predictions on each split (``{split: Predictions}``) atomically."""
+    frames = []
+    for split, run in runs.items():
+        frame = pd.DataFrame({SPLIT: split, PATH: run.paths,
+                              ACTUAL: np.asarray(run.classes)[run.labels]})
+        for index, name in enumerate(run.classes):
+            frame[f"{PROB}{name}"] = run.probabilities[:, index]
+        frames.append(frame)
     text = io.StringIO()
-    frame.to_csv(text, index=False, float_format="%.9g", lineterminator="\n")
+    pd.concat(frames, ignore_index=True).to_csv(text, index=False, float_format="%.9g",
+                                                lineterminator="\n")
     write_text(path, text.getvalue())
 
 
-def read_predictions(path: Path) -> Predictions:
-    """Read a file :func:`write_predictions` wrote; errors name the file and the fix."""
+def read_predictions(path: Path, splits: Sequence[str] = RECORDED_SPLITS
+                     ) -> dict[str, Predictions]:
+    """``{split: Predictions}`` of a file :func:`write_predictions` wrote, holding at least
+    ``splits``; errors name the file and the fix."""
     if not path.is_file():
         raise PredictionsError(f"{path} is missing: run the stage that writes it "
                                "(`dvc repro transfer` / `dvc repro finetune`).")
-    frame = pd.read_csv(path, keep_default_na=False, dtype={PATH: str, ACTUAL: str})
+    frame = pd.read_csv(path, keep_default_na=False, dtype={SPLIT: str, PATH: str, ACTUAL: str})
     columns = [c for c in frame.columns if c.startswith(PROB)]
     classes = [c[len(PROB):] for c in columns]
     unknown = sorted(set(frame.get(ACTUAL, [])) - set(classes))
-    if PATH not in frame or ACTUAL not in frame or len(classes) < 2 or unknown:
-        raise PredictionsError(f"{path} is not a predictions file (columns {list(frame.columns)}"
+    missing = [s for s in splits if s not in set(frame.get(SPLIT, []))]
+    if {SPLIT, PATH, ACTUAL} - set(frame) or len(classes) < 2 or unknown or missing:
+        raise PredictionsError(f"{path} is not a predictions file of the splits {list(splits)} "
+                               f"(columns {list(frame.columns)}"
                                f"{', unknown classes ' + str(unknown) if unknown else ''}): "
                                "re-run the stage that writes it.")
-    labels = frame[ACTUAL].map({name: i for i, name in enumerate(classes)}).to_numpy(np.int64)
-    return Predictions(paths=frame[PATH].tolist(), labels=labels,
-                       probabilities=frame[columns].to_numpy(np.float64), classes=classes)
+    index = {name: i for i, name in enumerate(classes)}
+    return {split: Predictions(paths=rows[PATH].tolist(),
+                               labels=rows[ACTUAL].map(index).to_numpy(np.int64),
+                               probabilities=rows[columns].to_numpy(np.float64), classes=classes)
+            for split, rows in frame.groupby(SPLIT, sort=False)}

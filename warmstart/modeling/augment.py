@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from warmstart.config.params import AugmentParams
 from warmstart.data.records import Manifest, image_dataset
+from warmstart.layout import TEST, TRAIN, VALIDATION
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +47,13 @@ def describe(augment: AugmentParams) -> str:
 
 
 def augmented_training(model: keras.Model, augment: AugmentParams, manifest: Manifest,
-                       splits: tuple[str, str], batch_size: int, seed: int, stage: str
-                       ) -> tuple[keras.Model, tf.data.Dataset, tf.data.Dataset]:
-    """(training model, train data, validation data) on full images: the caches are bypassed."""
+                       batch_size: int, seed: int, stage: str
+                       ) -> tuple[keras.Model, dict[str, tf.data.Dataset]]:
+    """(training model, ``{split: data}`` for train, validation and test) on full images: the
+    caches are bypassed. Only train is augmented (and shuffled)."""
     logger.warning("%s: augmentation is on (%s): the cached frozen-base outputs are BYPASSED; "
                    "every epoch runs the base on augmented images (much slower)", stage,
                    describe(augment))
     training = with_augmentation(model, augment, seed)
-    train = image_dataset(manifest, splits[0], batch_size, shuffle_seed=seed)
-    return training, train, image_dataset(manifest, splits[1], batch_size)
+    data = {split: image_dataset(manifest, split, batch_size) for split in (VALIDATION, TEST)}
+    return training, {TRAIN: image_dataset(manifest, TRAIN, batch_size, shuffle_seed=seed), **data}

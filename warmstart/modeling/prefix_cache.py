@@ -5,7 +5,7 @@ inference mode, so they compute the same activations every epoch. The ``features
 once per image, every tensor that crosses from the frozen layers into the trainable ones (the
 *boundary*, see ``warmstart/modeling/surgery.py``) in ``paths.prefix``, the training split as
 ``finetune.cache_dtype`` (float16 halves the memory; measured: same accuracy), the validation
-split always as float32 (exact validation metrics and predictions):
+and test splits always as float32 (exact predictions, what `evaluate` scores):
 ``<split>.npz`` (``boundary_<i>`` arrays and ``labels``) and ``prefix.json`` (boundary layers,
 sizes, timings and the cache key: data, image size, ``fine_tune_at``, the frozen layers' weights,
 dtype). The finetune stage checks the key against the transfer model it trains.

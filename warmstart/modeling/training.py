@@ -18,7 +18,8 @@ from warmstart.atomic import atomic_dir, write_json, write_text
 from warmstart.config.params import Params, TrainParams, as_dict
 from warmstart.data.records import Manifest, split_index
 from warmstart.errors import WarmstartError
-from warmstart.inference.recorded import write_predictions
+from warmstart.inference.recorded import RECORDED_SPLITS, make_predictions, write_predictions
+from warmstart.layout import TRAIN, VALIDATION
 from warmstart.modeling.distribute import make_strategy
 
 logger = logging.getLogger(__name__)
@@ -67,10 +68,17 @@ def read_history(path: Path) -> list[dict]:
 
 
 def final_metrics(rows: list[dict]) -> dict:
-    """The last epoch's figures, as written to metrics/<stage>.json (NaNs left out)."""
+    """The last epoch's figures by split, as written to metrics/<stage>.json (NaNs left out):
+    ``train`` (the training loss is class-weighted with ``train.class_weight: balanced``) and
+    ``validation``. The test split is never seen while training."""
     last = rows[-1]
-    values = {k: round(float(last[k]), 6) for k in HISTORY_FIELDS[2:]}
-    return {"epochs": int(last["epoch"]), **{k: v for k, v in values.items() if v == v}}
+
+    def figures(prefix: str) -> dict:
+        values = {k: round(float(last[prefix + k]), 6) for k in ("loss", "accuracy")}
+        return {k: v for k, v in values.items() if v == v}
+
+    metrics = {"epochs": int(last["epoch"]), TRAIN: figures(""), VALIDATION: figures("val_")}
+    return {k: v for k, v in metrics.items() if v != {}}
 
 
 class BackupError(WarmstartError):
@@ -210,12 +218,40 @@ def recorded_key(info_file: Path) -> str:
 
 
 def fit_resumable(model: keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset,
-                  backup: EpochBackup) -> list[dict]:
-    """``fit`` from ``backup``'s latest epoch (or its first); the history rows of ALL epochs."""
+                  backup: EpochBackup, class_weight: dict[int, float] | None) -> list[dict]:
+    """``fit`` from ``backup``'s latest epoch (or its first); the history rows of ALL epochs.
+
+    ``validation`` is the only split ``fit`` monitors; ``class_weight`` (see
+    :func:`class_weights`) weighs the training loss only."""
     first, last = backup.first_epoch, backup.last_epoch
     model.fit(train, validation_data=validation, initial_epoch=first, epochs=last, verbose=0,
-              callbacks=[backup, EpochLogger(backup.stage, last)])
+              callbacks=[backup, EpochLogger(backup.stage, last)], class_weight=class_weight)
     return backup.rows
+
+
+def predict_splits(model: keras.Model, data: dict[str, tf.data.Dataset]
+                   ) -> dict[str, np.ndarray]:
+    """The trained model's outputs on the validation and test data (test: only now, after
+    training; it never enters ``fit``)."""
+    return {split: model.predict(data[split], verbose=0) for split in RECORDED_SPLITS}
+
+
+def class_weights(train: TrainParams, manifest: Manifest) -> dict[int, float] | None:
+    """Keras ``class_weight`` for ``train.class_weight``: None (``none``), or n / (k * n_c) for
+    each class c of the training split (``balanced``: every class weighs the same in total)."""
+    if train.class_weight == "none":
+        return None
+    counts = manifest.class_counts(TRAIN)
+    empty = [name for name, count in zip(manifest.classes, counts, strict=True) if not count]
+    if empty:
+        raise WarmstartError(f"train.class_weight is balanced but the training split has no "
+                             f"images of {empty}: add some, or use class_weight none.")
+    total, k = sum(counts), len(counts)
+    weights = {index: total / (k * count) for index, count in enumerate(counts)}
+    logger.info("train.class_weight balanced: %s (training images per class %s)",
+                {name: round(weights[i], 4) for i, name in enumerate(manifest.classes)},
+                dict(zip(manifest.classes, counts, strict=True)))
+    return weights
 
 
 def start_training(train: TrainParams, processed: Path
@@ -226,17 +262,19 @@ def start_training(train: TrainParams, processed: Path
     return strategy, Manifest.read(processed)
 
 
-def write_results(files: dict[str, Path], manifest: Manifest, split: str,
-                  outputs: np.ndarray, rows: list[dict]) -> dict:
+def write_results(files: dict[str, Path], manifest: Manifest, outputs: dict[str, np.ndarray],
+                  rows: list[dict]) -> dict:
     """A training stage's ``predictions``, ``history`` and ``metrics`` files; the metrics."""
-    record_predictions(files["predictions"], manifest, split, outputs)
+    record_predictions(files["predictions"], manifest, outputs)
     write_history(files["history"], rows)
     metrics = final_metrics(rows)
     write_json(files["metrics"], metrics)
     return metrics
 
 
-def record_predictions(path: Path, manifest: Manifest, split: str, outputs: np.ndarray) -> None:
-    """The trained model's outputs on ``split``'s images, for `evaluate` (and export's check)."""
-    paths, labels = split_index(manifest, split)
-    write_predictions(path, paths, labels, outputs, manifest.classes)
+def record_predictions(path: Path, manifest: Manifest, outputs: dict[str, np.ndarray]) -> None:
+    """The trained model's outputs on each split's images (``{split: outputs}``, the splits'
+    stored order), for `evaluate` (and export's check)."""
+    runs = {split: make_predictions(*split_index(manifest, split), values, manifest.classes)
+            for split, values in outputs.items()}
+    write_predictions(path, runs)

@@ -18,8 +18,9 @@ Parity: every artefact predicts the whole validation split through the loaders
 absolute probability difference. Float32 artefacts must stay within ``export.float32_tolerance``,
 the int8 model must agree on at least ``export.int8_min_agreement`` of the images. The Keras
 model read back from ``model.keras`` must also reproduce, within the float32 bound, the
-predictions the finetune stage recorded (``paths.finetune_predictions``, which `evaluate`
-scores): a save/load problem cannot pass unnoticed. The figures
+predictions the finetune stage recorded on the validation and test splits
+(``paths.finetune_predictions``, which `evaluate` scores and the gate judges): a save/load
+problem cannot pass unnoticed. The figures
 and each artefact's size go to ``paths.export_metrics``; a violation fails the stage and leaves
 the previous export in place.
 """
@@ -57,8 +58,10 @@ from warmstart.layout import (
     MODEL_FILE,
     SAVED_MODEL_DIR,
     SAVED_MODEL_EXTRA,
+    TEST,
     TFLITE_FLOAT32,
     TFLITE_INT8,
+    VALIDATION,
 )
 from warmstart.modeling.model import load_model
 
@@ -163,9 +166,9 @@ def size_of(path: Path) -> int:
 
 
 def parity_report(folder: Path, model: keras.Model, manifest: Manifest, params: Params) -> dict:
-    """Per artefact: size, and agreement / max |prob diff| with the Keras model on validation."""
-    split = params.data.validation_split
-    reference = probabilities_of(lambda x: model.predict_on_batch(x), manifest, split, params)
+    """Per artefact: size, and agreement / max |prob diff| with the Keras model on validation;
+    model.keras vs the finetune stage's recorded predictions on validation and test."""
+    reference = probabilities_of(model.predict_on_batch, manifest, VALIDATION, params)
     threshold = params.evaluate.threshold
     found = artefacts(folder)
     report = {name: {"file": path.name, "bytes": size_of(path)} for name, path in found.items()}
@@ -173,24 +176,31 @@ def parity_report(folder: Path, model: keras.Model, manifest: Manifest, params: 
                                     for name, path in found.items() if name != "keras"}
     runners["saved_model_uint8"] = uint8_endpoint(found["saved_model"])
     for name, runner in runners.items():
-        probabilities = probabilities_of(runner, manifest, split, params)
+        probabilities = probabilities_of(runner, manifest, VALIDATION, params)
         entry = report.setdefault(name, {"file": f"{SAVED_MODEL_DIR} (serve_uint8)"})
         entry.update(compare(reference, probabilities, threshold))
-    report[RECORDED] = recorded_parity(params, reference)
+    test = probabilities_of(model.predict_on_batch, manifest, TEST, params)
+    report[RECORDED] = recorded_parity(params, {VALIDATION: reference, TEST: test})
     return {"validation_images": int(len(reference)), "artefacts": report,
             "thresholds": {"float32_tolerance": params.export.float32_tolerance,
                            "int8_min_agreement": params.export.int8_min_agreement}}
 
 
-def recorded_parity(params: Params, reference: np.ndarray) -> dict:
-    """The saved model's predictions vs those the finetune stage recorded (evaluate's input)."""
+def recorded_parity(params: Params, reference: dict[str, np.ndarray]) -> dict:
+    """The saved model's predictions (``{split: probabilities}``) vs those the finetune stage
+    recorded for the same splits (what evaluate, the model card and the gate use)."""
     path = params.path("finetune_predictions")
     recorded = read_predictions(path)
-    if len(recorded.probabilities) != len(reference):
-        raise PredictionsError(f"{path} holds {len(recorded.probabilities)} predictions, the "
-                               f"validation split {len(reference)} images: run `dvc repro`.")
+    for split, expected in reference.items():
+        if len(recorded[split].probabilities) != len(expected):
+            raise PredictionsError(f"{path} holds {len(recorded[split].probabilities)} {split} "
+                                   f"predictions, the {split} split {len(expected)} images: "
+                                   "run `dvc repro`.")
+    ours = np.concatenate(list(reference.values()))
+    theirs = np.concatenate([recorded[split].probabilities for split in reference])
     return {"file": params.paths.finetune_predictions,
-            **compare(reference, recorded.probabilities, params.evaluate.threshold)}
+            "images": {split: int(len(values)) for split, values in reference.items()},
+            **compare(ours, theirs, params.evaluate.threshold)}
 
 
 def uint8_endpoint(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -232,7 +242,8 @@ def parity_problems(results: dict, limits: ExportParams) -> list[str]:
 
 
 def parity_message(problems: list[str], metrics: Path) -> str:
-    return ("Exported models disagree with the Keras model on the validation split:\n- "
+    return ("Exported models disagree with the Keras model (artefacts: on the validation "
+            "split; recorded predictions: on validation and test):\n- "
             + "\n- ".join(problems) + f"\nThe previous export is kept; figures in {metrics}. "
             "Set export.int8: false to skip the int8 model, or widen the bound in params.yaml "
             "if the difference is acceptable for your use.")

@@ -6,13 +6,14 @@ the frozen layers below ``finetune.fine_tune_at``. This stage computes both once
 pass, into two DVC outputs:
 
 * ``paths.features``: ``base.keras`` (the exact base the caches came from: the transfer stage
-  builds its classifier on it), ``<split>.npz`` (pooled ``features``, ``labels``) and
-  ``features.json`` (counts, timings and the cache key: data, image size, alpha, weights file
-  hash, base weights). The transfer stage depends on this output only, so changing
-  ``fine_tune_at`` leaves it byte-identical and DVC does not re-run transfer.
+  builds its classifier on it), ``<split>.npz`` for train, validation and test (pooled
+  ``features``, ``labels``) and ``features.json`` (counts, timings and the cache key: data,
+  image size, alpha, weights file hash, base weights). The transfer stage depends on this
+  output only, so changing ``fine_tune_at`` leaves it byte-identical and DVC does not re-run
+  transfer.
 * ``paths.prefix``: the boundary tensors of the fine-tune cut (see ``modeling/prefix_cache.py``):
-  the training split as ``finetune.cache_dtype``, every other split as float32, so that the
-  validation metrics and predictions of the finetune stage are exactly the full model's.
+  the training split as ``finetune.cache_dtype``, validation and test as float32, so that the
+  finetune stage's validation and test predictions are exactly the full model's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from warmstart.atomic import atomic_dir, write_json
 from warmstart.config.params import Params
 from warmstart.data.records import Manifest, image_dataset, labels_of
-from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, PREFIX_INFO_FILE
+from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, PREFIX_INFO_FILE, SPLITS, TRAIN
 from warmstart.modeling.cache_keys import make_key
 from warmstart.modeling.feature_cache import features_key
 from warmstart.modeling.model import build_base, save_model, scale_to_unit
@@ -56,8 +57,8 @@ def run_features(params: Params) -> Path:
     with atomic_dir(params.path("features")) as features, \
             atomic_dir(params.path("prefix")) as prefix:
         save_model(base, features / BASE_FILE)
-        for split in manifest.splits:
-            split_dtype = dtype if split == params.data.train_split else "float32"
+        for split in SPLITS:
+            split_dtype = dtype if split == TRAIN else "float32"
             pooled, boundary, seconds = extract(extractor, manifest, split,
                                                 params.train.batch_size, split_dtype)
             labels = labels_of(manifest, split)

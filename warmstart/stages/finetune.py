@@ -7,9 +7,10 @@ of the transfer stage. The frozen layers' outputs come from the prefix cache the
 writes (``paths.prefix``): only the trainable top (``modeling/surgery.py``: it shares its layers
 with the classifier) runs each epoch, which computes exactly what training the whole classifier
 would. With ``augment`` on, the cache is bypassed and the whole classifier trains on augmented
-images. The full classifier is saved, and its validation-split predictions go to
-``paths.finetune_predictions`` (the trained top on the float32 validation prefix: the full
-model's outputs; ``inference/recorded.py``). Every epoch is backed up under
+images. ``fit`` monitors the validation split, with ``train.class_weight`` on the training
+loss. The full classifier is saved, and its validation- and test-split predictions (made after
+training: test never enters it) go to ``paths.finetune_predictions`` (the trained top on the
+float32 prefix: the full model's outputs; ``inference/recorded.py``). Every epoch is backed up under
 ``paths.checkpoints``: a re-run after a crash resumes at the next epoch
 (``modeling/training.py``, EpochBackup).
 """
@@ -26,7 +27,7 @@ import tensorflow as tf
 from warmstart.config.params import Params
 from warmstart.data.records import Manifest
 from warmstart.hashing import sha256_of
-from warmstart.layout import MODEL_FILE, PREFIX_INFO_FILE
+from warmstart.layout import MODEL_FILE, PREFIX_INFO_FILE, SPLITS, TRAIN, VALIDATION
 from warmstart.modeling.augment import augmented_training
 from warmstart.modeling.model import compile_model, find_base, load_model, save_model, unfreeze_from
 from warmstart.modeling.prefix_cache import check_prefix, prefix_dataset
@@ -34,8 +35,10 @@ from warmstart.modeling.surgery import top_model
 from warmstart.modeling.training import (
     RESULT_FILES,
     EpochBackup,
+    class_weights,
     fit_resumable,
     history_row,
+    predict_splits,
     recorded_key,
     run_fingerprint,
     start_training,
@@ -56,12 +59,13 @@ def run_finetune(params: Params) -> Path:
         logger.info("finetune: %d trainable base layers (from layer %d), %d trainable weights",
                     trainable, params.finetune.fine_tune_at, len(model.trainable_weights))
         done = json.loads(params.path("transfer_metrics").read_text())["epochs"]
-        training, train, validation = training_setup(params, model, manifest)
-        rows, backup = fit_more(params, training, (train, validation), done)
+        training, data = training_setup(params, model, manifest)
+        weights = class_weights(params.train, manifest)
+        rows, backup = fit_more(params, training, data, done, weights)
         save_model(model, params.path("finetune_model") / MODEL_FILE)
-        outputs = training.predict(validation, verbose=0)
+        outputs = predict_splits(training, data)
     files = {kind: params.path(f"finetune_{kind}") for kind in RESULT_FILES}
-    metrics = write_results(files, manifest, params.data.validation_split, outputs, rows)
+    metrics = write_results(files, manifest, outputs, rows)
     if backup is not None:
         backup.clean()
     logger.info("finetune: %s", metrics)
@@ -69,42 +73,41 @@ def run_finetune(params: Params) -> Path:
 
 
 def training_setup(params: Params, model: keras.Model, manifest: Manifest
-                   ) -> tuple[keras.Model, tf.data.Dataset | None, tf.data.Dataset]:
-    """(model to fit, training data, validation data): the cached top, or full augmented images."""
+                   ) -> tuple[keras.Model, dict[str, tf.data.Dataset]]:
+    """(model to fit, ``{split: its data}``): the cached top, or full augmented images."""
     batch, seed = params.train.batch_size, params.train.seed
-    train_split, val_split = params.data.train_split, params.data.validation_split
     if params.augment.enabled:
-        training, train, validation = augmented_training(
-            model, params.augment, manifest, (train_split, val_split), batch, seed, "finetune")
+        training, data = augmented_training(model, params.augment, manifest, batch, seed,
+                                            "finetune")
     else:
         check_prefix(params.path("prefix"), manifest, find_base(model), params.finetune)
         training = top_model(model, params.finetune.fine_tune_at)
         folder = params.path("prefix")
         logger.info("finetune: training the layers from %d on the cached frozen prefix (%s)",
                     params.finetune.fine_tune_at, folder)
-        train = prefix_dataset(folder, train_split, batch, seed)
-        validation = prefix_dataset(folder, val_split, batch, None)
+        data = {split: prefix_dataset(folder, split, batch, seed if split == TRAIN else None)
+                for split in SPLITS}
     compile_model(training, len(manifest.classes), params.finetune.learning_rate)
-    return training, train, validation
+    return training, data
 
 
-def fit_more(params: Params, model: keras.Model, data: tuple[tf.data.Dataset, tf.data.Dataset],
-             done: int) -> tuple[list[dict], EpochBackup | None]:
-    """Train ``finetune.epochs`` epochs after the ``done`` transfer epochs: (history rows, backup).
+def fit_more(params: Params, model: keras.Model, data: dict[str, tf.data.Dataset], done: int,
+             class_weight: dict[int, float] | None) -> tuple[list[dict], EpochBackup | None]:
+    """Train ``finetune.epochs`` epochs after the ``done`` transfer epochs: (history rows,
+    backup). Only validation is monitored.
 
     Resumes from the latest per-epoch backup of this same run, if a previous attempt crashed.
     """
-    train, validation = data
     if params.finetune.epochs == 0:
         logger.info("finetune.epochs is 0: the transfer model is kept as it is")
-        values = model.evaluate(validation, verbose=0, return_dict=True)
+        values = model.evaluate(data[VALIDATION], verbose=0, return_dict=True)
         logs = {"loss": float("nan"), "accuracy": float("nan"), "val_loss": values["loss"],
                 "val_accuracy": values["accuracy"]}
         return [history_row("finetune", done, logs)], None
     backup = EpochBackup(params.path("checkpoints") / "finetune", "finetune",
-                         finetune_fingerprint(params), train,
+                         finetune_fingerprint(params), data[TRAIN],
                          (done, done + params.finetune.epochs))
-    return fit_resumable(model, train, validation, backup), backup
+    return fit_resumable(model, data[TRAIN], data[VALIDATION], backup, class_weight), backup
 
 
 def finetune_fingerprint(params: Params) -> str:

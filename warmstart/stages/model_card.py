@@ -1,10 +1,11 @@
 """Stage `model_card`: ``paths.model_card``, a Markdown card describing this run's model.
 
 It states the data version (DVC's hash of ``paths.raw`` from ``dvc.lock``, or a content hash
-computed here when there is no lock entry), the params, the metrics of the transfer and fine-tune
-models, the data validation findings, the exported artefacts with their sizes and parity, and
-the command that reproduces the run. It holds no timestamps, so an unchanged run writes an
-identical card. The gate copies it into the promoted model's folder.
+computed here when there is no lock entry), the split sizes per class, the params, the metrics
+of the transfer and fine-tune models per split (test, then validation; the majority-class
+baseline beside them), the data validation findings, the exported artefacts with their sizes
+and parity, and the command that reproduces the run. It holds no timestamps, so an unchanged run
+writes an identical card. The gate copies it into the promoted model's folder.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ import yaml
 
 from warmstart.atomic import write_text
 from warmstart.config.params import Params, as_dict
-from warmstart.data.records import Manifest
-from warmstart.layout import ANOMALIES_FILE
+from warmstart.data.manifest import Manifest
+from warmstart.layout import ANOMALIES_FILE, SPLITS, TEST, TRAIN, VALIDATION
 from warmstart.versions import data_version
 
 logger = logging.getLogger(__name__)
 
-METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss")
+METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "precision", "recall", "f1",
+               "roc_auc", "loss")
+AVERAGED = ("precision", "recall", "f1")  # binary (of the second class) or macro
+ROLES = {TRAIN: "train fits the model",
+         VALIDATION: "validation is where choices are made (training monitors it)",
+         TEST: "test is held out, never used for a choice: it gives the reported figures"}
 REPRODUCE = ("uv run --frozen dvc pull   # data and models of this commit, if a remote is set\n"
              "uv run --frozen dvc repro  # re-runs whatever differs from dvc.lock")
 
@@ -51,7 +57,7 @@ def render_card(params: Params) -> str:
     sections = [
         header(params, manifest),
         data_section(params, manifest),
-        metrics_section(params),
+        metrics_section(params, manifest.classes),
         export_section(read_json(params.path("export_metrics"))),
         promotion_section(params),
         "## Parameters\n\n```yaml\n"
@@ -78,15 +84,18 @@ def header(params: Params, manifest: Manifest) -> str:
 
 
 def data_section(params: Params, manifest: Manifest) -> str:
-    counts = ", ".join(f"{split} {manifest.count(split)}" for split in manifest.splits)
     report = read_json(params.path("validation_report") / ANOMALIES_FILE)
     version = version_text(data_version(params.root, params.paths.raw))
     return "\n".join([
         "## Data", "",
         f"- Source: `{params.data.source}`",
         f"- Version of `{params.paths.raw}`: {version}",
-        f"- Images: {counts}",
-        f"- Validation findings: {validation_text(report)}",
+        f"- Splits: {ROLES[TRAIN]}; {ROLES[VALIDATION]}; {ROLES[TEST]}.",
+        f"- Validation findings: {validation_text(report)}", "",
+        "| split | " + " | ".join(manifest.classes) + " | images |",
+        "|---|" + "---|" * (len(manifest.classes) + 1),
+        *[f"| {split} | " + " | ".join(str(n) for n in manifest.class_counts(split))
+          + f" | {manifest.count(split)} |" for split in SPLITS],
     ])
 
 
@@ -103,28 +112,63 @@ def validation_text(report: dict) -> str:
             + (f" ({detail})" if detail else ""))
 
 
-def metrics_section(params: Params) -> str:
+def metrics_section(params: Params, classes: list[str]) -> str:
     evaluation = read_json(params.path("evaluate_metrics"))
     stages = [s for s in ("transfer", "finetune") if s in evaluation]
-    lines = ["## Metrics (validation split)", "",
-             "| metric | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
-    for key in METRIC_KEYS:
-        lines.append(f"| {key} | " + " | ".join(fmt(evaluation[s].get(key)) for s in stages)
-                     + " |")
+    if not stages:
+        return "## Metrics\n\nNo evaluation metrics found."
+    lines = ["## Metrics", "", "Every figure names its split; the test split's are the ones to "
+             "quote (the gate judges them)."]
+    for split in (TEST, VALIDATION):
+        lines += ["", split_table(evaluation, stages, split, classes)]
+    lines += ["", per_class_table(evaluation["finetune"][TEST], TEST) if "finetune" in stages
+              else ""]
     for stage in stages:
         training = read_json(params.path(f"{stage}_metrics"))
         if training:
-            lines.append(f"\n{stage} training, last epoch: "
-                         + ", ".join(f"{k} {fmt(v)}" for k, v in sorted(training.items())))
+            lines.append(f"\n{stage} training, last epoch {training.get('epochs')}: "
+                         + "; ".join(f"{split} " + ", ".join(f"{k} {fmt(v)}" for k, v in
+                                                              sorted(training[split].items()))
+                                     for split in (TRAIN, VALIDATION) if split in training)
+                         + f" (train.class_weight {params.train.class_weight})")
+    return "\n".join(lines)
+
+
+def split_table(evaluation: dict, stages: list[str], split: str, classes: list[str]) -> str:
+    """The models' figures on ``split`` beside the majority-class baseline's accuracy."""
+    first = evaluation[stages[0]][split]
+    baseline = evaluation.get("majority_baseline", {})
+    average = "binary: " + classes[-1] if first.get("average") == "binary" else "macro"
+    lines = [f"**{split.capitalize()} split** ({first.get('count')} images; {ROLES[split]}):", "",
+             f"| metric ({split}) | " + " | ".join(stages)
+             + f" | majority baseline (always {baseline.get('class')}) |",
+             "|---|" + "---|" * (len(stages) + 1)]
+    for key in METRIC_KEYS:
+        label = f"{key} ({average})" if key in AVERAGED else key
+        extra = baseline.get(split, {}).get(key) if key == "accuracy" else None
+        lines.append(f"| {label} | " + " | ".join(fmt(evaluation[s][split].get(key))
+                                                  for s in stages) + f" | {fmt(extra)} |")
+    return "\n".join(lines)
+
+
+def per_class_table(metrics: dict, split: str) -> str:
+    lines = [f"Per class, fine-tuned model, {split} split:", "",
+             "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+    for name, values in metrics.get("per_class", {}).items():
+        lines.append(f"| {name} | " + " | ".join(fmt(values[k]) for k in
+                                                 ("precision", "recall", "f1", "support")) + " |")
     return "\n".join(lines)
 
 
 def export_section(results: dict) -> str:
     if not results:
         return "## Export\n\nNo export metrics found."
+    recorded = results.get("artefacts", {}).get("finetune_predictions", {}).get("images", {})
     lines = ["## Export", "",
              f"Parity with the Keras model on {results.get('validation_images')} validation "
-             "images (`warmstart predict` loaders):", "",
+             "images (`warmstart predict` loaders); finetune_predictions: `model.keras` vs the "
+             "predictions evaluate scored (" + ", ".join(f"{split} {count}" for split, count
+                                                          in recorded.items()) + " images):", "",
              "| artefact | size (bytes) | top-1 agreement | max abs prob. diff |",
              "|---|---|---|---|"]
     for name, entry in results.get("artefacts", {}).items():
@@ -135,11 +179,19 @@ def export_section(results: dict) -> str:
 
 
 def promotion_section(params: Params) -> str:
+    gate = params.gate
+    rules = []
+    if gate.min_gain_over_baseline is not None:
+        rules.append(f"its test accuracy is more than {gate.min_gain_over_baseline} above the "
+                     "majority-class baseline's")
+    if gate.min_accuracy is not None:
+        rules.append(f"its test accuracy is at least {gate.min_accuracy}")
+    rules.append(f"it is at most {gate.max_drop} below the promoted model's accuracy, "
+                 "re-measured on the same test images")
     return ("## Promotion\n\n"
             f"The gate (after this card) promotes the model to `{params.paths.promoted_model}` "
-            f"only if its accuracy is at least {params.gate.min_accuracy} and at most "
-            f"{params.gate.max_drop} below the promoted model's on this validation split; "
-            f"its decision is in `{params.paths.gate_metrics}`.")
+            f"only if {'; '.join(rules)}. Its decision, naming the split and image count of "
+            f"each figure, is in `{params.paths.gate_metrics}`.")
 
 
 def fmt(value: Any) -> str:

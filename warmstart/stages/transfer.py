@@ -2,9 +2,11 @@
 
 Training on ``paths.features`` is exactly training the full model with the base frozen and in
 inference mode (no augmentation), at a tiny fraction of the cost. The trained head layers are
-then attached to the same base, so ``model.keras`` is the complete model on raw pixels. Its
-validation-split predictions go to ``paths.transfer_predictions`` (``inference/recorded.py``):
-the trained head on the cached validation features, i.e. the full model's outputs.
+then attached to the same base, so ``model.keras`` is the complete model on raw pixels. ``fit``
+monitors the validation split; once trained, the head's outputs on the cached validation and test
+features (the full model's outputs) go to ``paths.transfer_predictions``
+(``inference/recorded.py``): the test split never enters training. ``train.class_weight``
+weighs the training loss per class (``modeling/training.py``, class_weights).
 With ``augment`` on, every epoch sees different images, so the cache cannot be used: the full
 model (base frozen) is trained on augmented images instead, and the log says so. Every epoch is
 backed up under ``paths.checkpoints``: a re-run after a crash resumes at the next epoch, with the
@@ -22,7 +24,7 @@ import tensorflow as tf
 
 from warmstart.config.params import Params
 from warmstart.data.records import Manifest, without_autotuning
-from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, MODEL_FILE
+from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, MODEL_FILE, SPLITS, TRAIN, VALIDATION
 from warmstart.modeling.augment import augmented_training
 from warmstart.modeling.feature_cache import check_features, load_features
 from warmstart.modeling.model import (
@@ -36,7 +38,9 @@ from warmstart.modeling.model import (
 from warmstart.modeling.training import (
     RESULT_FILES,
     EpochBackup,
+    class_weights,
     fit_resumable,
+    predict_splits,
     recorded_key,
     run_fingerprint,
     start_training,
@@ -55,15 +59,15 @@ def run_transfer(params: Params) -> Path:
         model, backup, outputs = train_classifier(params, manifest)
         save_model(model, params.path("transfer_model") / MODEL_FILE)
     files = {kind: params.path(f"transfer_{kind}") for kind in RESULT_FILES}
-    metrics = write_results(files, manifest, params.data.validation_split, outputs, backup.rows)
+    metrics = write_results(files, manifest, outputs, backup.rows)
     backup.clean()
     logger.info("transfer: %s", metrics)
     return params.path("transfer_model") / MODEL_FILE
 
 
 def train_classifier(params: Params, manifest: Manifest
-                     ) -> tuple[keras.Model, EpochBackup, np.ndarray]:
-    """(classifier with its head trained, backup, its outputs on the validation split).
+                     ) -> tuple[keras.Model, EpochBackup, dict[str, np.ndarray]]:
+    """(classifier with its head trained, backup, its outputs on validation and test).
 
     Call inside the strategy's scope."""
     base = load_model(params.path("features") / BASE_FILE)
@@ -71,11 +75,11 @@ def train_classifier(params: Params, manifest: Manifest
     check_features(params.path("features"), manifest, base, params.base, params.root)
     layers = head_layers(len(manifest.classes), params.head.dropout)
     model = assemble_classifier(base, layers)
+    weights = class_weights(params.train, manifest)
     if params.augment.enabled:
-        backup, outputs = train_augmented(params, model, manifest)
+        backup, outputs = train_augmented(params, model, manifest, weights)
     else:
-        splits = (params.data.train_split, params.data.validation_split)
-        backup, outputs = train_head(params, layers, len(manifest.classes), splits)
+        backup, outputs = train_head(params, layers, len(manifest.classes), weights)
     compile_model(model, len(manifest.classes), params.transfer.learning_rate)
     return model, backup, outputs
 
@@ -89,32 +93,35 @@ def transfer_backup(params: Params, train: tf.data.Dataset) -> EpochBackup:
 
 
 def train_head(params: Params, layers: list[keras.layers.Layer], num_classes: int,
-               splits: tuple[str, str]) -> tuple[EpochBackup, np.ndarray]:
-    x_train, y_train = load_features(params.path("features"), splits[0])
-    x_val, y_val = load_features(params.path("features"), splits[1])
-    logger.info("transfer: training the head on cached features (%d + %d images, %d dims)",
-                len(y_train), len(y_val), x_train.shape[1])
-    head = head_model(x_train.shape[1], layers)
+               class_weight: dict[int, float] | None
+               ) -> tuple[EpochBackup, dict[str, np.ndarray]]:
+    """Fit the head on the cached training features, monitoring validation; then its outputs
+    on the validation and test features."""
+    cached = {split: load_features(params.path("features"), split) for split in SPLITS}
+    logger.info("transfer: training the head on cached features (%s images, %d dims)",
+                {split: len(labels) for split, (_, labels) in cached.items()},
+                cached[TRAIN][0].shape[1])
+    head = head_model(cached[TRAIN][0].shape[1], layers)
     compile_model(head, num_classes, params.transfer.learning_rate)
     batch = params.train.batch_size
-    train_data = feature_dataset(x_train, y_train, batch, seed=params.train.seed)
-    val_data = feature_dataset(x_val, y_val, batch, seed=None)
-    backup = transfer_backup(params, train_data)
-    fit_resumable(head, train_data, val_data, backup)
-    return backup, head.predict(val_data, verbose=0)
+    data = {split: feature_dataset(*cached[split], batch,
+                                   seed=params.train.seed if split == TRAIN else None)
+            for split in SPLITS}
+    backup = transfer_backup(params, data[TRAIN])
+    fit_resumable(head, data[TRAIN], data[VALIDATION], backup, class_weight)
+    return backup, predict_splits(head, data)
 
 
-def train_augmented(params: Params, model: keras.Model, manifest: Manifest
-                    ) -> tuple[EpochBackup, np.ndarray]:
+def train_augmented(params: Params, model: keras.Model, manifest: Manifest,
+                    class_weight: dict[int, float] | None
+                    ) -> tuple[EpochBackup, dict[str, np.ndarray]]:
     """The whole classifier (base frozen) on augmented images: no cache can hold them."""
-    splits = (params.data.train_split, params.data.validation_split)
-    training, train, validation = augmented_training(
-        model, params.augment, manifest, splits, params.train.batch_size, params.train.seed,
-        "transfer")
+    training, data = augmented_training(model, params.augment, manifest, params.train.batch_size,
+                                        params.train.seed, "transfer")
     compile_model(training, len(manifest.classes), params.transfer.learning_rate)
-    backup = transfer_backup(params, train)
-    fit_resumable(training, train, validation, backup)
-    return backup, model.predict(validation, verbose=0)
+    backup = transfer_backup(params, data[TRAIN])
+    fit_resumable(training, data[TRAIN], data[VALIDATION], backup, class_weight)
+    return backup, predict_splits(model, data)
 
 
 def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int,

@@ -1,16 +1,25 @@
 """Stage `validate`: catch what breaks training before it is trained on.
 
-1. The per-image table (``warmstart.validation.table``): real format, mode, size, decodability.
+Over the three splits of ``paths.raw`` (``warmstart.layout.SPLITS``: train, validation, test):
+
+1. The per-image table (``warmstart.validation.table``): real format, mode, size, decodability,
+   EXIF orientation.
 2. Per-file checks TFDV cannot express (``warmstart.validation.checks``): unreadable files,
    symlinks, decompression bombs, schema domain violations by file, extension mismatches, too
-   small, extreme aspect, blank, exact and near duplicates within and across splits (leakage).
-3. TFDV statistics per split on Apache Beam (``warmstart.validation.stats``), validated against
-   the curated schema, with train↔validation skew and drift against the previous version's
-   statistics (``warmstart.validation.tfdv_checks``), thresholds from params.
-4. Policy ``validate.policy``: ``fail`` stops on any problem; ``quarantine`` leaves the bad files
+   small, extreme aspect, blank, exact and near duplicates within and across splits (leakage),
+   EXIF orientation (a warning: warmstart trains and serves the pixels as stored).
+3. Class rules (``warmstart.validation.classes``): the classes are train's; each is in every
+   split with at least ``validate.min_images_per_class`` images; imbalance is reported and, past
+   ``validate.warn_class_ratio``, a warning.
+4. TFDV statistics per split on Apache Beam (``warmstart.validation.stats``), validated against
+   the curated, dataset-neutral schema (``warmstart.validation.tfdv_checks``); skew of
+   validation and test against train, and drift of every split against the previous version's
+   statistics, each against a threshold calibrated to the data (``warmstart.validation.drift``).
+5. Policy ``validate.policy``: ``fail`` stops on any problem; ``quarantine`` leaves the bad files
    out of training (raw data is never touched) and lists them with reasons in
    ``quarantine.json``. Problems that excluding files cannot fix (TFDV anomalies of the clean
-   data, drift, skew, class balance, a missing class, too many bad files) fail either way.
+   data, skew, blocking drift, a missing or too small class, too many bad files) fail either
+   way; warnings (advisory) never fail.
 
 The reports are written before the stage fails, so a failure can be inspected.
 """
@@ -28,8 +37,10 @@ import tensorflow_data_validation as tfdv
 from warmstart.atomic import atomic_dir, write_json, write_text
 from warmstart.config.params import Params
 from warmstart.data.validated import write_validated
-from warmstart.layout import ANOMALIES_FILE, FACETS_FILE, QUARANTINE_FILE
-from warmstart.validation.checks import class_names, dataset_checks, file_checks
+from warmstart.layout import ANOMALIES_FILE, FACETS_FILE, QUARANTINE_FILE, SPLITS, TRAIN
+from warmstart.validation.checks import check_quarantined, file_checks
+from warmstart.validation.classes import class_balance, class_checks, class_names
+from warmstart.validation.drift import compare_splits, comparison_problems
 from warmstart.validation.findings import (
     Findings,
     ValidationFailed,
@@ -41,21 +52,14 @@ from warmstart.validation.findings import (
     report_dict,
 )
 from warmstart.validation.report import log_summary, write_html
-from warmstart.validation.schema import (
-    load_schema,
-    propose_schema,
-    schema_diff,
-    with_comparators,
-    write_schema,
-)
+from warmstart.validation.schema import load_schema, propose_schema, schema_diff, write_schema
 from warmstart.validation.stats import beam_statistics
 from warmstart.validation.table import build_table
 from warmstart.validation.tfdv_checks import (
     Stats,
-    check_class_balance,
     facets_html,
     read_baseline,
-    tfdv_anomalies,
+    schema_anomalies,
     write_baseline,
     write_stats,
 )
@@ -67,26 +71,28 @@ def run_validate(params: Params) -> Path:
     """Validate ``paths.raw``; write the table, classes, reports, metrics and new baseline."""
     started = time.monotonic()
     limits = params.validate
-    schema = with_comparators(load_schema(params.path("schema")), limits)
-    splits = (params.data.train_split, params.data.validation_split)
-    table = build_table(params.path("raw"), splits, limits)
+    schema = load_schema(params.path("schema"))
+    table = build_table(params.path("raw"), SPLITS, limits)
     findings = Findings(limits.policy)
-    findings.problems = file_checks(table, params.path("raw"), splits, schema, limits)
+    findings.problems = file_checks(table, params.path("raw"), SPLITS, schema, limits)
     if limits.policy == "quarantine":
         findings.quarantine = quarantine_reasons(findings.problems)
     table = mark_quarantined(table, findings.quarantine)
     clean = table[table["quarantined"] == 0]
-    findings.problems += dataset_checks(clean, splits, len(table), limits)
-    stats = beam_statistics({s: clean[clean["split"] == s] for s in splits},
-                            limits.beam_options)
-    findings.problems += check_class_balance(stats, limits.max_class_ratio)
-    baseline = read_baseline(params.path("validation_baseline"), splits)
-    findings.anomalies = tfdv_anomalies(stats, schema, splits, baseline)
+    findings.problems += class_checks(clean, SPLITS, limits)
+    findings.problems += check_quarantined(len(clean), len(table), limits)
+    findings.balance = class_balance(clean, SPLITS)
+    tables = {split: clean[clean["split"] == split] for split in SPLITS}
+    stats = beam_statistics(tables, limits.beam_options)
+    findings.anomalies = schema_anomalies(stats, schema)
+    baseline = read_baseline(params.path("validation_baseline"), SPLITS)
+    findings.comparisons = compare_splits(stats, tables, baseline, limits)
+    findings.problems += comparison_problems(findings.comparisons)
     write_outputs(params, table, findings, stats, time.monotonic() - started)
     if not findings.ok:
         raise ValidationFailed(format_findings(findings, params.path("validation_report")))
     write_baseline(params.path("validation_baseline"), stats)
-    return write_validated(params.path("validated"), table, class_names(clean, splits[0]))
+    return write_validated(params.path("validated"), table, class_names(clean, TRAIN))
 
 
 def write_outputs(params: Params, table: pd.DataFrame, findings: Findings,
@@ -110,8 +116,7 @@ def write_outputs(params: Params, table: pd.DataFrame, findings: Findings,
 def run_schema(params: Params, write: bool) -> int:
     """`warmstart schema`: print the proposal's diff against the committed schema; maybe write."""
     target = params.path("schema")
-    proposal = propose_schema(params.path("raw"), params.data.train_split,
-                              params.validate)
+    proposal = propose_schema(params.path("raw"), TRAIN, params.validate)
     diff = schema_diff(target, proposal)
     sys.stdout.write(diff or f"The proposal equals {target}.\n")
     if write and diff:

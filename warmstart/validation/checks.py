@@ -3,6 +3,9 @@
 Every check returns :class:`Problem` objects: what is wrong, the files concerned and, for each
 file the ``quarantine`` policy would leave out of training, why. TFDV anomalies only give counts
 and values; these checks say which files, so a user can fix the data source.
+
+Class names come from the data, never from a default: a class is known when the training split
+has it (and, if the schema has a label domain, when the domain lists it).
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ MODE_HINTS = {"L": "grayscale", "LA": "grayscale with alpha: alpha is dropped",
 #: The file name extensions that fit each sniffed format.
 EXTENSIONS = {"jpeg": {"jpg", "jpeg", "jpe", "jfif"}, "png": {"png"}, "gif": {"gif"},
               "bmp": {"bmp", "dib"}, "webp": {"webp"}}
+#: What a viewer does with each EXIF Orientation before showing the stored pixels.
+ORIENTATIONS = {2: "mirrored", 3: "rotated 180°", 4: "flipped upside down",
+                5: "mirrored and rotated 90° counter-clockwise", 6: "rotated 90° clockwise",
+                7: "mirrored and rotated 90° clockwise", 8: "rotated 90° counter-clockwise"}
 #: Schema features whose domain violations are reported per file (label has its own check).
 DOMAIN_FEATURES = ("format", "extension", "mode", "channels", "width", "height", "file_bytes")
 
@@ -38,24 +45,32 @@ class Problem:
     a problem without them cannot be fixed by quarantine and fails the stage under either
     policy. An ``advisory`` problem (a warning) never fails the stage: it does not bias training
     or evaluation (an empty class folder is simply no class; a duplicate within a split only
-    weights one image twice); quarantine still leaves out its files."""
+    weights one image twice); quarantine still leaves out its files. ``details``: file -> what
+    was found, for files that are reported but not quarantined."""
 
     check: str
     reason: str
     files: list[str] = field(default_factory=list)
     quarantine: dict[str, str] = field(default_factory=dict)
     advisory: bool = False
+    details: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"check": self.check, "reason": self.reason, "files": self.files,
-                "quarantine": self.quarantine, "advisory": self.advisory}
+                "quarantine": self.quarantine, "advisory": self.advisory,
+                "details": self.details}
+
+    def about(self, path: str) -> str:
+        """What this problem says about one of its files ('' if nothing in particular)."""
+        return self.quarantine.get(path) or self.details.get(path, "")
 
 
-def per_file(check: str, reason: str, reasons: dict[str, str]) -> list[Problem]:
+def per_file(check: str, reason: str, reasons: dict[str, str],
+             advisory: bool = False) -> list[Problem]:
     """A problem whose every file is quarantined with its own reason (none if no files)."""
     if not reasons:
         return []
-    return [Problem(check, reason, sorted(reasons), dict(sorted(reasons.items())))]
+    return [Problem(check, reason, sorted(reasons), dict(sorted(reasons.items())), advisory)]
 
 
 def file_checks(table: pd.DataFrame, raw: Path, splits: tuple[str, ...],
@@ -68,6 +83,7 @@ def file_checks(table: pd.DataFrame, raw: Path, splits: tuple[str, ...],
     problems += check_domains(readable, schema)
     problems += check_extension(readable)
     problems += check_geometry(readable, limits)
+    problems += check_orientation(readable)
     problems += check_duplicates(readable, splits, limits.near_duplicate_distance)
     return problems
 
@@ -170,13 +186,31 @@ def check_geometry(table: pd.DataFrame, limits: ValidateParams) -> list[Problem]
                      {p: f"{w}x{h} pixels" for p, w, h in
                       small[["path", "width", "height"]].itertuples(index=False)})
             + per_file("extreme aspect ratio", f"long side / short side above "
-                       f"validate.max_aspect={limits.max_aspect}",
+                       f"validate.max_aspect={limits.max_aspect} (a warning: resized to a "
+                       "square, a panorama is squashed but still trains)",
                        {p: f"{w}x{h} pixels, aspect {a:.2f}" for p, w, h, a in
-                        wide[["path", "width", "height", "aspect"]].itertuples(index=False)})
+                        wide[["path", "width", "height", "aspect"]].itertuples(index=False)},
+                       advisory=True)
             + per_file("blank image", f"grey-level std below validate.min_contrast="
                        f"{limits.min_contrast}",
                        {p: f"contrast {c:.2f}, brightness {b:.1f}" for p, c, b in
                         blank[["path", "contrast", "brightness"]].itertuples(index=False)}))
+
+
+def check_orientation(table: pd.DataFrame) -> list[Problem]:
+    """Files with an EXIF Orientation other than 1: a photo viewer shows them rotated or
+    mirrored, while warmstart trains and serves the pixels as stored (``tf.io.decode_image``
+    ignores the tag in both), so there is no train/serve skew; a warning naming the files."""
+    tagged = table[table["orientation"] != 1]
+    if tagged.empty:
+        return []
+    details = {path: f"EXIF Orientation {value} ({ORIENTATIONS.get(value, 'unknown value')})"
+               for path, value in zip(tagged["path"], tagged["orientation"], strict=True)}
+    return [Problem("EXIF orientation", f"{len(details)} file(s) carry an EXIF Orientation "
+                    "other than 1, so viewers show them turned; warmstart trains and serves "
+                    "the pixels as stored (no train/serve skew). Rotate the files themselves "
+                    "if the stored pixels are sideways", sorted(details),
+                    advisory=True, details=dict(sorted(details.items())))]
 
 
 def check_duplicates(table: pd.DataFrame, splits: tuple[str, ...],
@@ -213,9 +247,11 @@ def _duplicate_problem(group: pd.DataFrame, kind: str, how: str) -> Problem:
                       + (f", distance {hamming(h, keep_hash)})" if kind != "duplicate" else ")")
                       for p, h in zip(files[1:], group["phash"].iloc[1:], strict=True)}
     leak = " — evaluation on a training image" if len(splits) > 1 else ""
-    harmless = len(splits) == 1 and len(labels) == 1
+    # Within one split a copy weighs an image twice, and copies that disagree on the label are
+    # label noise (a warning naming them; quarantine leaves them all out); across splits it
+    # is evaluation on a training image, which always blocks.
     return Problem(check, f"{len(files)} files: {how}{leak}", files, quarantine,
-                   advisory=harmless)
+                   advisory=len(splits) == 1)
 
 
 def _groups(pairs: Iterable[tuple[int, int, int]], count: int) -> list[list[int]]:
@@ -236,28 +272,11 @@ def _groups(pairs: Iterable[tuple[int, int, int]], count: int) -> list[list[int]
     return [sorted(g) for g in groups.values() if len(g) > 1]
 
 
-def dataset_checks(clean: pd.DataFrame, splits: tuple[str, str], total: int,
-                   limits: ValidateParams) -> list[Problem]:
-    """Rules over the files that are trained on: enough classes, in every split; and not too
-    many files quarantined."""
-    problems = []
-    train_classes = set(class_names(clean, splits[0]))
-    if len(train_classes) < 2:
-        problems.append(Problem("classes", f"split '{splits[0]}' has {len(train_classes)} "
-                                "class folder(s) with usable images; at least 2 are needed"))
-    for split in splits[1:]:
-        present = set(clean.loc[clean["split"] == split, "label"])
-        problems += [Problem("missing class", f"class '{label}' has no usable images in "
-                             f"'{split}'") for label in sorted(train_classes - present)]
-    excluded = total - len(clean)
-    if total and excluded / total > limits.max_quarantine_fraction:
-        problems.append(Problem(
-            "too many bad files", f"{excluded} of {total} files ({excluded / total:.1%}) are "
-            f"quarantined, above validate.max_quarantine_fraction="
-            f"{limits.max_quarantine_fraction}: something is systematically wrong"))
-    return problems
-
-
-def class_names(table: pd.DataFrame, train_split: str) -> list[str]:
-    labels = table.loc[table["split"] == train_split, "label"]
-    return sorted(set(labels) - {NO_CLASS})
+def check_quarantined(clean: int, total: int, limits: ValidateParams) -> list[Problem]:
+    """Not too many files quarantined: beyond a share, something is systematically wrong."""
+    excluded = total - clean
+    if not total or excluded / total <= limits.max_quarantine_fraction:
+        return []
+    return [Problem("too many bad files", f"{excluded} of {total} files ({excluded / total:.1%}) "
+                    "are quarantined, above validate.max_quarantine_fraction="
+                    f"{limits.max_quarantine_fraction}: something is systematically wrong")]

@@ -1,7 +1,8 @@
 """What validating one dataset version found, and the files that record it.
 
-:class:`Findings` holds the TFDV anomalies per split and the per-file and dataset problems; the
-``validate.policy`` decides which of them block. The functions turn findings into the
+:class:`Findings` holds the TFDV anomalies per split, the per-file and dataset problems, the
+skew and drift comparisons and the class balance; the ``validate.policy`` and each problem's
+``advisory`` flag decide which of them block. The functions turn findings into the
 report, metrics and quarantine manifest the validate stage writes, and into the failure message.
 """
 
@@ -16,6 +17,7 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from warmstart.errors import WarmstartError
 from warmstart.layout import ANOMALIES_FILE, QUARANTINE_FILE
 from warmstart.validation.checks import Problem
+from warmstart.validation.drift import Comparison, comparisons_dict
 
 MAX_LISTED_FILES = 20
 
@@ -26,12 +28,15 @@ class ValidationFailed(WarmstartError):
 
 @dataclass
 class Findings:
-    """Everything found in a dataset version: TFDV anomalies per split and problems."""
+    """Everything found in a dataset version: TFDV anomalies per split, problems, skew and
+    drift comparisons (each with its threshold), class balance per split."""
 
     policy: str
     anomalies: dict[str, anomalies_pb2.Anomalies] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     quarantine: dict[str, list[str]] = field(default_factory=dict)
+    comparisons: list[Comparison] = field(default_factory=list)
+    balance: dict[str, dict] = field(default_factory=dict)
 
     @property
     def anomaly_count(self) -> int:
@@ -82,13 +87,29 @@ def metrics_dict(table: pd.DataFrame, findings: Findings, seconds: float) -> dic
     for problem in findings.problems:
         by_check[problem.check] = by_check.get(problem.check, 0) + max(len(problem.files), 1)
     return {"ok": findings.ok, "policy": findings.policy, "images": len(table),
-            "images_per_split": table.groupby("split").size().to_dict(),
+            "images_per_split": _per_split(table, table.groupby("split").size()),
             "quarantined": int(table["quarantined"].sum()),
-            "quarantined_per_split": table.groupby("split")["quarantined"].sum().to_dict(),
+            "quarantined_per_split": _per_split(table, table.groupby("split")["quarantined"]
+                                                .sum()),
             "trained_on": int((table["quarantined"] == 0).sum()),
+            "class_balance": findings.balance,
+            "exif_rotated": int((table["orientation"] != 1).sum()),
             "problem_files_per_check": dict(sorted(by_check.items())),
+            "warnings": len(findings.warnings), "blocking": len(findings.blocking),
+            "skew_drift_above_threshold": _exceeded(findings.comparisons),
             "tfdv_anomalies": findings.anomaly_count, "seconds": round(seconds, 1),
             "images_per_second": round(len(table) / max(seconds, 1e-9), 1)}
+
+
+def _per_split(table: pd.DataFrame, values: pd.Series) -> dict[str, int]:
+    """Split -> value, in the table's split order (train, validation, test)."""
+    return {split: int(values.get(split, 0)) for split in table["split"].unique()}
+
+
+def _exceeded(comparisons: list[Comparison]) -> dict[str, int]:
+    above = [c for c in comparisons if c.exceeded]
+    return {"blocking": sum(c.blocking for c in above),
+            "advisory": sum(not c.blocking for c in above), "measured": len(comparisons)}
 
 
 def report_dict(findings: Findings) -> dict:
@@ -99,24 +120,9 @@ def report_dict(findings: Findings) -> dict:
                 for name, info in sorted(anomalies.anomaly_info.items())}
         for split, anomalies in findings.anomalies.items()}
     return {"ok": findings.ok, "policy": findings.policy, "tfdv_anomalies": tfdv_anomalies,
-            "drift_skew": drift_skew_dict(findings),
+            "drift_skew": comparisons_dict(findings.comparisons), "class_balance": findings.balance,
             "problems": [p.as_dict() for p in findings.problems],
             "blocking": [p.check for p in findings.blocking], "quarantine": findings.quarantine}
-
-
-def drift_skew_dict(findings: Findings) -> dict:
-    """Every skew/drift measurement TFDV made: split -> feature -> kind -> value, threshold."""
-    result: dict = {}
-    for split, anomalies in findings.anomalies.items():
-        for info in anomalies.drift_skew_info:
-            name = ".".join(info.path.step)
-            for kind, measurements in (("drift", info.drift_measurements),
-                                       ("skew", info.skew_measurements)):
-                for m in measurements:
-                    result.setdefault(split, {}).setdefault(name, {})[kind] = {
-                        "type": m.Type.Name(m.type), "value": round(m.value, 6),
-                        "threshold": m.threshold}
-    return result
 
 
 def format_findings(findings: Findings, report: Path) -> str:
@@ -145,7 +151,7 @@ def _listed(problem: Problem) -> str:
     files = problem.files
     if not files:
         return ""
-    shown = [f"{f} ({problem.quarantine[f]})" if f in problem.quarantine else f
+    shown = [f"{f} ({problem.about(f)})" if problem.about(f) else f
              for f in files[:MAX_LISTED_FILES]]
     more = f" (+{len(files) - MAX_LISTED_FILES} more)" if len(files) > MAX_LISTED_FILES else ""
     return f" [files: {', '.join(shown)}{more}]"

@@ -1,8 +1,9 @@
 """Human-readable validation reports: the terminal summary and a self-contained HTML page.
 
-The HTML page (``paths.validation_html``) needs nothing but a browser, offline: the TFDV
-statistics of every split rendered from the statistics protos (numbers, histograms, top values),
-the skew/drift measurements, the TFDV anomalies, and every problem with its files, their reasons
+The HTML page (``paths.validation_html``) needs nothing but a browser, offline: the splits with
+their class balance, the TFDV statistics of every split rendered from the statistics protos
+(numbers, histograms, top values), every skew/drift figure with its threshold and how it was
+set, the TFDV anomalies, and every problem (blocking or warning) with its files, their reasons
 and thumbnails of what the training decoder sees, embedded as data URIs.
 """
 
@@ -20,6 +21,7 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from warmstart.atomic import write_text
 from warmstart.data.decode import decode_rgb
+from warmstart.layout import ANOMALIES_FILE, FACETS_FILE, QUARANTINE_FILE, split_stats_file
 from warmstart.validation.findings import Findings
 from warmstart.validation.table import OK, STAT_COLUMNS
 
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 Stats = statistics_pb2.DatasetFeatureStatisticsList
 THUMB_PIXELS = 96
+MEASURE_SIGNS = {"L_INFTY": "L∞", "JENSEN_SHANNON_DIVERGENCE": "JSD"}
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{margin:0 0 8px} h2{margin-top:28px;border-bottom:1px solid #ccc}
@@ -54,7 +57,11 @@ def log_summary(table: pd.DataFrame, findings: Findings, metrics: dict, report: 
     for split, group in table.groupby("split", sort=False):
         labels = group["label"].value_counts().to_dict()
         formats = group["format"].value_counts().to_dict()
-        lines.append(f"  {split}: {len(group)} files, labels {labels}, formats {formats}")
+        lines.append(f"  {split}: {len(group)} files, labels {labels}, formats {formats}, "
+                     f"{_balance_text(findings.balance.get(split))}")
+    above = [c for c in findings.comparisons if c.exceeded]
+    lines.append(f"  skew/drift: {len(findings.comparisons)} figures, {len(above)} above "
+                 "their thresholds (figures, thresholds and how they were set: anomalies.json)")
     for problem in findings.problems:
         flag = "quarantined" if findings.quarantine and problem.quarantine else (
             "warning" if problem.advisory else "BLOCKING" if problem in findings.blocking
@@ -68,6 +75,13 @@ def log_summary(table: pd.DataFrame, findings: Findings, metrics: dict, report: 
     logger.info("\n".join(lines))
 
 
+def _balance_text(balance: dict | None) -> str:
+    if not balance or balance["ratio"] is None:
+        return "no classes"
+    return (f"class ratio {balance['ratio']:g} (smallest: {balance['smallest_class']}, "
+            f"{balance['smallest_count']} images)")
+
+
 def write_html(path: Path, folders: tuple[Path, Path], table: pd.DataFrame, findings: Findings,
                stats: dict[str, Stats], max_thumbnails: int) -> None:
     """The offline page; ``folders`` are (raw data, report folder) for thumbnails and links."""
@@ -79,9 +93,10 @@ def write_html(path: Path, folders: tuple[Path, Path], table: pd.DataFrame, find
              f"<div class='banner {verdict}'>{'PASSED' if findings.ok else 'FAILED'} — policy "
              f"<code>{findings.policy}</code>: {len(table)} files, "
              f"{int(table['quarantined'].sum())} quarantined, {len(findings.blocking)} blocking "
-             f"problem(s), {findings.anomaly_count} TFDV anomal(y/ies)</div>",
-             _splits_table(table), _anomalies_section(findings), _problems_section(
-                 findings, thumbs), _drift_section(findings), _stats_section(stats),
+             f"problem(s), {len(findings.warnings)} warning(s), {findings.anomaly_count} TFDV "
+             "anomal(y/ies)</div>",
+             _splits_table(table, findings.balance), _anomalies_section(findings),
+             _problems_section(findings, thumbs), _drift_section(findings), _stats_section(stats),
              _links(os.path.relpath(report, path.parent)),
              "</body></html>"]
     write_text(path, "\n".join(parts))
@@ -89,10 +104,10 @@ def write_html(path: Path, folders: tuple[Path, Path], table: pd.DataFrame, find
 
 def _links(folder: str) -> str:
     folder = _e(Path(folder).as_posix())
+    facets, stats = f"{folder}/{FACETS_FILE}", _e(split_stats_file("<split>"))
     return (f"<p class='muted'>TFDV's interactive Facets view (needs internet): <a href="
-            f"'{folder}/facets.html'>{folder}/facets.html</a>. Machine-readable: {folder}/"
-            "anomalies.json, anomalies_&lt;split&gt;.pbtxt, stats_&lt;split&gt;.pb, "
-            "quarantine.json.</p>")
+            f"'{facets}'>{facets}</a>. Machine-readable: {folder}/{ANOMALIES_FILE}, "
+            f"anomalies_&lt;split&gt;.pbtxt, {stats}, {QUARANTINE_FILE}.</p>")
 
 
 def thumbnails(raw: Path, table: pd.DataFrame, findings: Findings, limit: int) -> dict[str, str]:
@@ -110,13 +125,15 @@ def _thumbnail(path: Path) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
-def _splits_table(table: pd.DataFrame) -> str:
+def _splits_table(table: pd.DataFrame, balance: dict[str, dict]) -> str:
     rows = ["<h2>Dataset</h2><table><tr><th>split</th><th>files</th><th>trained on</th>"
-            "<th>quarantined</th><th>labels</th><th>formats</th><th>modes</th></tr>"]
+            "<th>quarantined</th><th>class balance (largest / smallest)</th><th>labels</th>"
+            "<th>formats</th><th>modes</th></tr>"]
     for split, group in table.groupby("split", sort=False):
         rows.append(f"<tr><td>{_e(split)}</td><td>{len(group)}</td>"
                     f"<td>{int((group['quarantined'] == 0).sum())}</td>"
                     f"<td>{int(group['quarantined'].sum())}</td>"
+                    f"<td>{_e(_balance_text(balance.get(split)))}</td>"
                     + "".join(f"<td>{_e(_counts(group[c]))}</td>" for c in
                               ("label", "format", "mode")) + "</tr>")
     return "".join(rows) + "</table>"
@@ -147,7 +164,7 @@ def _problems_section(findings: Findings, thumbs: dict[str, str]) -> str:
                  "blocking" if problem in findings.blocking else "")
         parts.append(f"<h3>{_e(problem.check)} <span class='muted'>({state})</span></h3>"
                      f"<p>{_e(problem.reason)}</p><div class='cards'>")
-        parts += [_card(f, problem.quarantine.get(f, ""), thumbs.get(f),
+        parts += [_card(f, problem.about(f), thumbs.get(f),
                         bool(findings.quarantine) and f in problem.quarantine)
                   for f in problem.files]
         parts.append("</div>")
@@ -162,28 +179,20 @@ def _card(path: str, reason: str, thumb: str | None, quarantined: bool) -> str:
 
 
 def _drift_section(findings: Findings) -> str:
-    rows = []
-    for split, anomalies in findings.anomalies.items():
-        for info in anomalies.drift_skew_info:
-            cells = [_measure(info.skew_measurements), _measure(info.drift_measurements)]
-            rows.append(f"<tr><td>{_e(split)}</td><td>{_e('.'.join(info.path.step))}</td>"
-                        + "".join(cells) + "</tr>")
+    rows = [f"<tr><td>{_e(c.kind)}</td><td>{_e(c.split)}</td><td>{_e(c.feature)}</td>"
+            f"<td class='{'bad' if c.exceeded else ''}'>{MEASURE_SIGNS[c.measure]} "
+            f"{c.value:.4f}</td><td>{c.threshold:.4f}</td><td>{_e(c.how())}</td>"
+            f"<td>{'fails' if c.blocking else 'warns'}</td></tr>"
+            for c in findings.comparisons]
     if not rows:
         return "<h2>Skew and drift</h2><p>No comparisons (no thresholds or no baseline).</p>"
-    return ("<h2>Skew and drift</h2><p class='muted'>Skew: training vs validation split. Drift: "
-            "this version vs the baseline (previous version). L-infinity for categorical "
-            "features, Jensen–Shannon divergence for numeric ones.</p><table><tr><th>split</th>"
-            "<th>feature</th><th>skew (threshold)</th><th>drift (threshold)</th></tr>"
-            + "".join(rows) + "</table>")
-
-
-def _measure(measurements) -> str:
-    if not measurements:
-        return "<td class='muted'>—</td>"
-    m = measurements[0]
-    kind = "L∞" if m.type == m.L_INFTY else "JSD"
-    return (f"<td class='{'bad' if m.value > m.threshold else ''}'>{kind} {m.value:.4f} "
-            f"({m.threshold:g})</td>")
+    return ("<h2>Skew and drift</h2><p class='muted'>Skew: validation and test vs the training "
+            "split. Drift: each split vs the baseline (the last version that passed). "
+            "L-infinity for categorical features, approximate Jensen–Shannon divergence for "
+            "numeric ones; each threshold is max(floor, factor × the same statistic between "
+            "two random samples of this version's data).</p><table><tr><th>kind</th>"
+            "<th>split</th><th>feature</th><th>figure</th><th>threshold</th><th>how it was "
+            "set</th><th>above the threshold</th></tr>" + "".join(rows) + "</table>")
 
 
 def _stats_section(stats: dict[str, Stats]) -> str:

@@ -1,7 +1,12 @@
 """The curated TFDV schema: loading it, proposing one from the data, and diffing the two.
 
-A proposal is TFDV's inferred schema of the readable training images with the curated domains
-below applied (decodable formats and colour modes, sizes, ``decodable`` in [1, 1]).
+The committed ``schema/schema.pbtxt`` fits any dataset: it has the curated domains below
+(decodable formats and colour modes, sizes, ``decodable`` in [1, 1]) and no label domain, the
+class names being checked against the training split's classes
+(``warmstart.validation.classes``). A proposal (``warmstart schema``) is TFDV's inferred schema
+of the readable training images with the curated domains applied; it keeps TFDV's label domain
+of the data at hand, which a user may commit to pin the class names. Skew and drift thresholds
+come from params (``warmstart.validation.drift``), never from the schema.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from warmstart.config.params import ValidateParams
 from warmstart.data.decode import TF_DECODABLE_FORMATS
 from warmstart.validation.findings import ValidationFailed
 from warmstart.validation.stats import beam_statistics
-from warmstart.validation.table import CATEGORICAL_COLUMNS, OK, STAT_COLUMNS, build_table
+from warmstart.validation.table import OK, build_table
 
 #: Curated domains written into a schema proposal (see `propose_schema`).
 CURATED_STRING_DOMAINS = {
@@ -37,24 +42,6 @@ def load_schema(path: Path) -> schema_pb2.Schema:
         raise ValidationFailed(f"No schema at {path}. Create one with `warmstart schema --write`, "
                                "review it, and commit it.")
     return tfdv.load_schema_text(str(path))
-
-
-def with_comparators(schema: schema_pb2.Schema, limits: ValidateParams) -> schema_pb2.Schema:
-    """The schema with skew and drift comparators set from params (null: the schema's own)."""
-    schema = schema.__class__.FromString(schema.SerializeToString())
-    for feature in schema.feature:
-        if feature.name not in STAT_COLUMNS:
-            continue
-        categorical = feature.name in CATEGORICAL_COLUMNS
-        for comparator, linf, jsd in ((feature.skew_comparator, limits.skew_linf,
-                                       limits.skew_jsd),
-                                      (feature.drift_comparator, limits.drift_linf,
-                                       limits.drift_jsd)):
-            if categorical and linf is not None:
-                comparator.infinity_norm.threshold = linf
-            elif not categorical and jsd is not None:
-                comparator.jensen_shannon_divergence.threshold = jsd
-    return schema
 
 
 def schema_diff(current: Path, proposal: schema_pb2.Schema) -> str:

@@ -4,7 +4,12 @@ One row per file under ``<raw>/<split>/...``: where it is and its label (class f
 really is (format sniffed from the content, not the extension); its size, aspect ratio and colour
 mode; whether the training decoder (``tf.io.decode_image``, the one preprocessing uses) can decode
 it and, if not, why; its mean brightness and contrast; its exact content hash (sha256) and its
-perceptual hash (pHash, for near-duplicates).
+perceptual hash (pHash, for near-duplicates); its EXIF Orientation tag.
+
+EXIF Orientation: phone photos are often stored sideways with a tag telling viewers to rotate
+them. The training decoder (``tf.io.decode_image``) ignores the tag, and so does serving (the
+same decoder), so warmstart trains and serves the pixels as stored: no train/serve skew. The
+column only lets validate name the files a person sees rotated (an advisory warning).
 
 Each file is read once and decoded once, in a pool of threads with a bounded number of files in
 flight, so memory stays bounded whatever the dataset size. Nothing is decoded before its header
@@ -31,17 +36,17 @@ from tqdm import tqdm
 
 from warmstart.config.params import ValidateParams
 from warmstart.data.decode import decode_rgb, decoder_message
+from warmstart.layout import STAT_FEATURES
 from warmstart.validation.phash import phash
 
 logger = logging.getLogger(__name__)
 
 #: Every column of the table, in order.
 COLUMNS = ["split", "label", "path", "format", "extension", "mode", "width", "height", "aspect",
-           "channels", "file_bytes", "decodable", "brightness", "contrast", "sha256", "phash",
-           "status", "error"]
+           "channels", "orientation", "file_bytes", "decodable", "brightness", "contrast",
+           "sha256", "phash", "status", "error"]
 #: Columns TFDV computes statistics over (the rest identify files or explain errors).
-STAT_COLUMNS = ["label", "format", "extension", "mode", "width", "height", "aspect",
-                "channels", "file_bytes", "decodable", "brightness", "contrast"]
+STAT_COLUMNS = list(STAT_FEATURES)
 CATEGORICAL_COLUMNS = ("label", "format", "extension", "mode")
 FLOAT_COLUMNS = ("aspect", "brightness", "contrast")
 #: Label of a file lying directly in a split folder instead of in a class folder.
@@ -51,6 +56,8 @@ MAGIC = (("jpeg", 0, b"\xff\xd8\xff"), ("png", 0, b"\x89PNG\r\n\x1a\n"), ("gif",
          ("gif", 0, b"GIF89a"), ("bmp", 0, b"BM"), ("webp", 8, b"WEBP"))
 #: Row status: "ok" or why the file could not be (fully) inspected.
 OK = "ok"
+#: The EXIF tag of the orientation a viewer shows (1: as stored; also without the tag).
+EXIF_ORIENTATION = 0x0112
 
 Image.MAX_IMAGE_PIXELS = None  # the pixel limit is enforced explicitly, before any decode
 
@@ -119,7 +126,7 @@ def describe_image(raw: Path, split: str, label: str, path: Path,
 def _blank_row(raw: Path, split: str, label: str, path: Path) -> dict:
     return {"split": split, "label": label, "path": path.relative_to(raw).as_posix(),
             "format": "other", "extension": path.suffix.lower().lstrip("."), "mode": "unknown",
-            "width": 0, "height": 0, "aspect": math.nan, "channels": 0,
+            "width": 0, "height": 0, "aspect": math.nan, "channels": 0, "orientation": 1,
             "file_bytes": path.lstat().st_size, "decodable": 0, "brightness": math.nan,
             "contrast": math.nan, "sha256": "", "phash": "", "status": OK, "error": ""}
 
@@ -146,13 +153,26 @@ def _read_header(data: bytes) -> dict:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             return {"mode": image.mode, "width": width, "height": height,
-                    "channels": len(image.getbands()),
+                    "channels": len(image.getbands()), "orientation": _orientation(image),
                     "aspect": max(width, height) / max(min(width, height), 1)}
     except UnidentifiedImageError:
         return {"status": "unreadable",
                 "error": f"not a readable image: unknown format (starts with {data[:8]!r})"}
     except (OSError, ValueError, SyntaxError) as exc:
         return {"status": "unreadable", "error": f"not a readable image: {exc}"}
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF Orientation from the header's EXIF block (``getexif`` could decode a PNG)."""
+    raw = image.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(EXIF_ORIENTATION, 1))
+    except Exception:  # a malformed EXIF block says nothing about the pixels: as stored
+        return 1
 
 
 def _decode_and_measure(data: bytes) -> dict:
@@ -189,5 +209,5 @@ def build_table(raw: Path, splits: tuple[str, ...], limits: ValidateParams) -> p
                        in_flight=4 * limits.workers)
     records = list(tqdm(rows, total=len(files), desc="inspect images", unit="img"))
     table = pd.DataFrame(records, columns=COLUMNS)
-    return table.astype({c: np.int64 for c in ("width", "height", "channels", "file_bytes",
-                                               "decodable")})
+    return table.astype({c: np.int64 for c in ("width", "height", "channels", "orientation",
+                                               "file_bytes", "decodable")})

@@ -1,4 +1,4 @@
-"""The checks TFDV makes on the statistics: schema, train↔validation skew, drift, class balance.
+"""TFDV's checks of the statistics against the schema, the drift baseline, the Facets view.
 
 Drift compares this version with the previous version's statistics, kept as a persistent DVC
 output (``paths.validation_baseline``): read before the checks, replaced when the stage passes.
@@ -6,53 +6,35 @@ output (``paths.validation_baseline``): read before the checks, replaced when th
 
 from __future__ import annotations
 
+import base64
 import logging
 from pathlib import Path
 
 import tensorflow_data_validation as tfdv
-from tensorflow_data_validation.utils import stats_util
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from warmstart.atomic import atomic_dir
 from warmstart.layout import split_stats_file
-from warmstart.validation.checks import Problem
 
 logger = logging.getLogger(__name__)
 
 Stats = statistics_pb2.DatasetFeatureStatisticsList
+#: TFDV's Facets Overview embedding (``tfdv.utils.display_util.get_statistics_html``), which
+#: takes two datasets at most; Facets itself shows any number.
+FACETS_TEMPLATE = (
+    "<iframe id='facets-iframe' width='100%' height='800px'></iframe><script>"
+    "document.getElementById('facets-iframe').srcdoc = '<script src=\"https://cdnjs.cloudflare."
+    "com/ajax/libs/webcomponentsjs/1.3.3/webcomponents-lite.js\"><\\/script><link rel=\"import"
+    "\" href=\"https://raw.githubusercontent.com/PAIR-code/facets/master/facets-dist/facets-"
+    "jupyter.html\"><facets-overview proto-input=\"PROTO\"></facets-overview>';</script>")
 
 
-def label_counts(stats: Stats) -> dict[str, int]:
-    """Images per class, from the TFDV statistics of the label feature."""
-    if not stats.datasets or stats.datasets[0].num_examples == 0:
-        return {}
-    feature = stats_util.get_feature_stats(stats.datasets[0], tfdv.FeaturePath(["label"]))
-    buckets = feature.string_stats.rank_histogram.buckets
-    return {b.label: int(b.sample_count) for b in buckets}
-
-
-def check_class_balance(stats: dict[str, Stats], max_ratio: float) -> list[Problem]:
-    problems = []
-    for split, split_stats in stats.items():
-        counts = label_counts(split_stats)
-        if len(counts) > 1 and max(counts.values()) > max_ratio * min(counts.values()):
-            problems.append(Problem("class balance", f"'{split}': {counts}: the largest class "
-                                    f"is over validate.max_class_ratio={max_ratio} times the "
-                                    "smallest"))
-    return problems
-
-
-def tfdv_anomalies(stats: dict[str, Stats], schema: schema_pb2.Schema, splits: tuple[str, str],
-                   baseline: dict[str, Stats]) -> dict[str, anomalies_pb2.Anomalies]:
-    """``tfdv.validate_statistics`` per split: schema, train↔validation skew, drift."""
-    train, validation = splits
-    return {
-        train: tfdv.validate_statistics(stats[train], schema,
-                                        serving_statistics=stats[validation],
-                                        previous_statistics=baseline.get(train)),
-        validation: tfdv.validate_statistics(stats[validation], schema,
-                                             previous_statistics=baseline.get(validation)),
-    }
+def schema_anomalies(stats: dict[str, Stats],
+                     schema: schema_pb2.Schema) -> dict[str, anomalies_pb2.Anomalies]:
+    """``tfdv.validate_statistics`` of every split against the schema (skew and drift are
+    measured apart, with calibrated thresholds: ``warmstart.validation.drift``)."""
+    return {split: tfdv.validate_statistics(split_stats, schema)
+            for split, split_stats in stats.items()}
 
 
 def read_baseline(folder: Path, splits: tuple[str, ...]) -> dict[str, Stats]:
@@ -78,9 +60,16 @@ def write_stats(folder: Path, stats: dict[str, Stats]) -> None:
 
 
 def facets_html(stats: dict[str, Stats]) -> str:
-    """TFDV's own interactive Facets view (loads the Facets library from the internet)."""
-    (lhs_name, lhs), (rhs_name, rhs) = stats.items()
-    body = tfdv.utils.display_util.get_statistics_html(lhs, rhs, lhs_name, rhs_name)
+    """TFDV's own interactive Facets view of every split side by side (loads the Facets library
+    from the internet)."""
+    combined = Stats()
+    for split, split_stats in stats.items():
+        dataset = combined.datasets.add()
+        if split_stats.datasets:
+            dataset.CopyFrom(split_stats.datasets[0])
+        dataset.name = split
+    proto = base64.b64encode(combined.SerializeToString()).decode()
     return ("<!doctype html><meta charset='utf-8'><title>TFDV statistics (Facets)</title>"
             "<p>Interactive Facets Overview of the TFDV statistics; it loads the Facets "
-            "library from the internet. The offline view is validation.html.</p>" + body)
+            "library from the internet. The offline view is validation.html.</p>"
+            + FACETS_TEMPLATE.replace("PROTO", proto))
