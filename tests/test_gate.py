@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -186,3 +187,13 @@ def test_gate_params_are_checked(tmp_path: Path, dataset: Path, values: dict, ke
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(dataset, gate=values)))
     with pytest.raises(ParamsError, match=key):
         load_params(tmp_path / "params.yaml")
+
+
+def test_a_gate_without_any_check_says_so(params: Params,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Both bounds null and nothing promoted yet: the candidate passes, and the log says it
+    was promoted unconditionally (no silent pass)."""
+    candidate(params, "constant")
+    with caplog.at_level(logging.WARNING):
+        run_gate(with_gate(params, min_gain_over_baseline=None))
+    assert "No gate check applies" in caplog.text and "unconditionally" in caplog.text

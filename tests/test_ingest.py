@@ -347,3 +347,12 @@ def test_an_empty_test_folder_means_test_is_held_out_of_validation(tmp_path: Pat
     raw = run_ingest(params_for(tmp_path / "work", source))
     assert {label: len(files) for label, files in names(raw, "test").items()} == {
         "cats": 1, "dogs": 1}
+
+
+def test_a_csv_that_is_not_utf8_is_refused_saying_so(tmp_path: Path) -> None:
+    """Regression: a CSV saved by a spreadsheet as cp1252 escaped as a UnicodeDecodeError."""
+    source = make_class_folders(tmp_path / "src", {"a": 2})
+    (source / "labels.csv").write_bytes("path,label\na/a.0.jpg,caf\xe9\n".encode("cp1252"))
+    with pytest.raises(IngestError, match=r"labels.csv cannot be read as a UTF-8 CSV.*Save it "
+                       "as UTF-8"):
+        run_ingest(params_for(tmp_path / "work", source, layout="csv"))

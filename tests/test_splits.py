@@ -191,3 +191,14 @@ def test_a_damaged_assignments_file_is_explained(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match=r"splits.csv \(paths.split_assignments\) has the "
                        "columns.*delete it to split every image afresh"):
         run_ingest(params)
+
+
+def test_a_copy_in_two_source_splits_keeps_each_copy_in_its_own_split(tmp_path: Path) -> None:
+    """Regression: two groups of the same content in different pools (the source's train/ and
+    test/) were merged, and the first path's split moved the other copy."""
+    source = make_dataset(tmp_path / "src", per_class={"train": 6, "validation": 6, "test": 6})
+    shutil.copy(source / "train" / "cats" / "cats.0.jpg", source / "test" / "cats" / "copy.jpg")
+    rows = ingest(tmp_path / "work", source)
+    assert rows["train/cats/cats.0.jpg"]["split"] == "train"
+    assert rows["test/cats/copy.jpg"]["split"] == "test"
+    assert {row["split"] for path, row in rows.items() if path.startswith("train/")} == {"train"}

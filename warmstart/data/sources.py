@@ -172,9 +172,13 @@ def _csv_layout(folder: Path, data: DataParams, label: str, root: str) -> Datase
         return None
     _refuse_links(table, label, _join(root, data.csv))
     where = f"{label}: {_join(root, data.csv)}"
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        rows, header = list(reader), reader.fieldnames or []
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows, header = list(reader), reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise IngestError(f"{where} cannot be read as a UTF-8 CSV ({exc}). Save it as UTF-8 "
+                          "CSV with the header path,label[,split].") from exc
     if not {"path", "label"} <= set(header):
         raise IngestError(f"{where} has the header {','.join(header) or '(none)'}; expected "
                           "path,label[,split] (data.layout: csv; data.csv names the file).")

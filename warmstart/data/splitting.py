@@ -167,16 +167,18 @@ def assign(images: list[SourceImage], prints: list[tuple[str, str | None]], grou
     """Each image's split: its previous one where allowed, else chosen group by group."""
     allowed = allowed_splits(images, data)
     old = _previous_splits(images, prints, previous, allowed)
-    members: dict[str, list[int]] = defaultdict(list)
+    # Groups are formed within a pool; the same content in two pools (a copy in the source's
+    # train/ and test/) is two groups: each keeps the split its pool allows.
+    members: dict[tuple[str, str], list[int]] = defaultdict(list)
     for index, group in enumerate(groups):
-        members[group].append(index)
+        members[images[index].pool, group].append(index)
     splits, counts = dict(old), _counts(images, old)
-    for group in sorted(members):
-        indices = sorted(members[group], key=lambda i: (prints[i][0], images[i].path))
+    for key in sorted(members):
+        indices = sorted(members[key], key=lambda i: (prints[i][0], images[i].path))
         kept = [old[i] for i in indices if i in old]
         first = indices[0]
         split = kept[0] if kept else _furthest_below(
-            counts[images[first].pool, images[first].label], allowed[first], group)
+            counts[images[first].pool, images[first].label], allowed[first], key[1])
         for index in indices:
             if index not in old:
                 splits[index] = split

@@ -25,5 +25,7 @@ def write_validated(folder: Path, table: pd.DataFrame, classes: list[str]) -> Pa
 
 
 def read_validated(folder: Path) -> tuple[pd.DataFrame, list[str]]:
-    table = pd.read_csv(folder / TABLE_FILE, keep_default_na=False)
+    # Class names and paths stay text: a class folder called "0" or "true" is not a number.
+    table = pd.read_csv(folder / TABLE_FILE, keep_default_na=False,
+                        dtype={"path": str, "split": str, "label": str})
     return table, read_classes(folder / CLASSES_FILE)["classes"]

@@ -63,6 +63,10 @@ def run_gate(params: Params) -> dict:
     previous = read_promotion(params.path("promoted_model"))
     promoted = promoted_accuracy(params, previous) if previous else None
     checks = gate_checks(candidate, baseline, promoted, params.gate)
+    if not checks:
+        logger.warning("No gate check applies (gate.min_gain_over_baseline and gate.min_accuracy "
+                       "are null and nothing is promoted yet): this candidate is promoted "
+                       "unconditionally")
     candidate["data_version"] = data_version(params.root, params.paths.raw)
     result = {
         "passed": all(check["passed"] for check in checks),
