@@ -19,6 +19,8 @@ SPLITS = (TRAIN, VALIDATION, TEST)
 #: image: its path in the source, content hash, class, split, and duplicate group (the sha256 of
 #: the group's first member; byte- or near-identical images share it and always share a split).
 SPLIT_ASSIGNMENT_COLUMNS = ("path", "sha256", "class", "split", "group")
+#: The image files warmstart reads (what the training decoder decodes), by suffix.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 #: A trained Keras model in every model folder (transfer, finetune, export, promoted).
 MODEL_FILE = "model.keras"
 #: Class names, as ``{"classes": [...]}``; the export adds ``image_size`` and ``threshold``.

@@ -19,12 +19,11 @@ from pathlib import Path, PurePosixPath
 
 from warmstart.config.params import DataParams
 from warmstart.data.fetch import IngestError, is_junk
-from warmstart.layout import TEST, TRAIN, VALIDATION
+from warmstart.layout import IMAGE_SUFFIXES, TEST, TRAIN, VALIDATION
 
 logger = logging.getLogger(__name__)
 
 #: What the training decoder reads; other files are not images to it.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 #: Other names of a validation split folder, tried when ``data.validation_split`` is absent.
 VALIDATION_ALIASES = ("val", "valid")
 #: The pool of an image whose split the source does not give (ingest chooses it).
@@ -158,12 +157,12 @@ def _walk(folder: Path, label: str, root: str) -> Iterator[tuple[str, Path]]:
             _refuse_links(here / name, label, _join(root, _relative(here / name, folder)))
         for name in sorted(files):
             path = _join(root, _relative(here / name, folder))
-            if is_junk(name) or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            if is_junk(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 ignored.append(path)
             else:
                 yield path, here / name
     _log_ignored(label, ignored, "(not images: the training decoder reads "
-                 f"{', '.join(IMAGE_EXTENSIONS)})")
+                 f"{', '.join(IMAGE_SUFFIXES)})")
 
 
 def _csv_layout(folder: Path, data: DataParams, label: str, root: str) -> Dataset | None:
@@ -203,8 +202,8 @@ def _csv_image(row: dict, folder: Path, root: str, data: DataParams, where: str)
     if os.path.realpath(file) != os.path.join(os.path.realpath(folder), *relative.parts):
         raise IngestError(f"{where}: {text} goes through a symlink; the dataset must hold "
                           "real files (a link may point outside it). Replace it with a copy.")
-    if not file.is_file() or file.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise IngestError(f"{where}: {text} is not an image file ({', '.join(IMAGE_EXTENSIONS)})"
+    if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
+        raise IngestError(f"{where}: {text} is not an image file ({', '.join(IMAGE_SUFFIXES)})"
                           " in the CSV's folder; fix the row or remove it.")
     check_label(label, where)
     return SourceImage(_join(root, relative.as_posix()), file, label,
@@ -239,7 +238,7 @@ def _refuse_links(path: Path, label: str, shown: str) -> None:
 def _holds_images(folder: Path) -> bool:
     """A class folder holds images itself (its subfolders' images belong to it too): a folder of
     class folders is not one class."""
-    return any(p.suffix.lower() in IMAGE_EXTENSIONS and not is_junk(p.name)
+    return any(p.suffix.lower() in IMAGE_SUFFIXES and not is_junk(p.name)
                for p in folder.iterdir())
 
 

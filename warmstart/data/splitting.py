@@ -32,7 +32,7 @@ from warmstart.data.fetch import IngestError
 from warmstart.data.sources import UNSPLIT, SourceImage
 from warmstart.hashing import sha256_of
 from warmstart.layout import SPLIT_ASSIGNMENT_COLUMNS, SPLITS, TEST, VALIDATION
-from warmstart.validation.phash import near_pairs, phash
+from warmstart.validation.phash import connected_groups, near_pairs, phash
 
 logger = logging.getLogger(__name__)
 
@@ -105,22 +105,14 @@ def duplicate_groups(images: list[SourceImage], prints: list[tuple[str, str | No
                      max_distance: int) -> list[str]:
     """The group of each image: the smallest sha256 of the byte- or near-identical images of
     its pool that it is connected to (its own sha256 when it has no duplicate)."""
-    parent = list(range(len(images)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for members in _linked(images, prints, max_distance):
-        for other in members[1:]:
-            parent[root(other)] = root(members[0])
-    smallest: dict[int, str] = {}
-    for index, (digest, _) in enumerate(prints):
-        key = root(index)
-        smallest[key] = min(smallest.get(key, digest), digest)
-    return [smallest[root(index)] for index in range(len(images))]
+    pairs = ((members[0], other, 0) for members in _linked(images, prints, max_distance)
+             for other in members[1:])
+    group_of = [digest for digest, _ in prints]
+    for members in connected_groups(pairs, len(images)):
+        smallest = min(prints[i][0] for i in members)
+        for index in members:
+            group_of[index] = smallest
+    return group_of
 
 
 def _linked(images: list[SourceImage], prints: list[tuple[str, str | None]],

@@ -32,6 +32,7 @@ from warmstart.errors import WarmstartError
 from warmstart.inference.recorded import class_probabilities, predict_labels
 from warmstart.layout import (
     CLASSES_FILE,
+    IMAGE_SUFFIXES,
     MODEL_FILE,
     SAVED_MODEL_EXTRA,
     read_classes,
@@ -41,7 +42,6 @@ from warmstart.modeling.model import load_model
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 SERVE_ENDPOINT = "serve"
 FORMATS = ("table", "json", "csv")
 DEFAULT_THRESHOLD = 0.5

@@ -10,7 +10,6 @@ has it (and, if the schema has a label domain, when the domain lists it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from warmstart.config.params import ValidateParams
-from warmstart.validation.phash import hamming, near_pairs
+from warmstart.validation.phash import connected_groups, hamming, near_pairs
 from warmstart.validation.table import NO_CLASS, OK, empty_class_folders
 
 #: Why a colour mode is a problem, for the per-file reasons.
@@ -224,7 +223,7 @@ def check_duplicates(table: pd.DataFrame, splits: tuple[str, ...],
             problems.append(_duplicate_problem(group, "duplicate", "identical content (sha256 "
                                                f"{group['sha256'].iloc[0][:12]}…)"))
     unique = rows.drop_duplicates("sha256").reset_index(drop=True)
-    for members in _groups(near_pairs(list(unique["phash"]), max_distance), len(unique)):
+    for members in connected_groups(near_pairs(list(unique["phash"]), max_distance), len(unique)):
         group = unique.iloc[members]
         problems.append(_duplicate_problem(group, "near-duplicate", "visually near-identical "
                                            f"(pHash distance <= {max_distance})"))
@@ -252,24 +251,6 @@ def _duplicate_problem(group: pd.DataFrame, kind: str, how: str) -> Problem:
     # is evaluation on a training image, which always blocks.
     return Problem(check, f"{len(files)} files: {how}{leak}", files, quarantine,
                    advisory=len(splits) == 1)
-
-
-def _groups(pairs: Iterable[tuple[int, int, int]], count: int) -> list[list[int]]:
-    """Connected groups (union-find) of the pairs, each sorted, singletons left out."""
-    parent = list(range(count))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j, _ in pairs:
-        parent[root(i)] = root(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(count):
-        groups.setdefault(root(i), []).append(i)
-    return [sorted(g) for g in groups.values() if len(g) > 1]
 
 
 def check_quarantined(clean: int, total: int, limits: ValidateParams) -> list[Problem]:

@@ -9,6 +9,7 @@ pairs whose Hamming distance is at most ``max_distance``.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from itertools import combinations, pairwise
 
 import numpy as np
@@ -59,3 +60,21 @@ def _bands(count: int) -> list[tuple[int, int]]:
     count = min(count, HASH_BITS)
     edges = np.linspace(0, HASH_BITS, count + 1).astype(int)
     return [((1 << int(high - low)) - 1, int(low)) for low, high in pairwise(edges)]
+
+
+def connected_groups(pairs: Iterable[tuple[int, int, int]], count: int) -> list[list[int]]:
+    """Connected groups (union-find) of the pairs, each sorted, singletons left out."""
+    parent = list(range(count))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j, _ in pairs:
+        parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(count):
+        groups.setdefault(root(i), []).append(i)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
