@@ -24,7 +24,9 @@ PLOTS_KEY = "warmstart-plots"
 def publish_artifacts(root: Path, params: Params, outcomes: list[StageOutcome],
                       title: str) -> None:
     """Create the three artifacts; each only from files the run (or an earlier one) wrote."""
-    create_markdown_artifact(metrics_markdown(root, outcomes, title), key=METRICS_KEY,
+    create_markdown_artifact(metrics_markdown(root, outcomes, title)
+                             + candidate_markdown(params.path("evaluate_metrics")),
+                             key=METRICS_KEY,
                              description="Stages, metrics and `dvc metrics diff` vs HEAD")
     publish_validation(params)
     create_markdown_artifact(plots_markdown(root), key=PLOTS_KEY,
@@ -45,6 +47,16 @@ def metrics_markdown(root: Path, outcomes: list[StageOutcome], title: str) -> st
         lines += ["", "## Params vs last commit (`dvc params diff`)", ""]
         lines += diff_table(changed)
     return "\n".join(lines) + "\n"
+
+
+def candidate_markdown(evaluation: Path) -> str:
+    """Which model `export` ships and the gate judges, and why (chosen on validation)."""
+    try:
+        candidate = json.loads(evaluation.read_text())["candidate"]
+    except (OSError, ValueError, KeyError):
+        return "\n## Candidate\n\nNo candidate yet (evaluate has not run).\n"
+    return (f"\n## Candidate\n\nThe **{candidate['model']}** model: {candidate['reason']}. "
+            "Export ships it; the gate judges it on the test split.\n")
 
 
 def diff_table(diff: dict[str, dict[str, dict[str, Any]]]) -> list[str]:

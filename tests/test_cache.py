@@ -20,6 +20,7 @@ import yaml
 from tests.helpers.commands import make_dvc_project
 from tests.helpers.commands import run_command as dvc
 from tests.helpers.images import make_dataset
+from tests.helpers.models import calibrated_base
 from tests.helpers.project import DEFAULT_PER_CLASS, prepare_project, tiny_params
 from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest, image_dataset, split_index
@@ -28,7 +29,7 @@ from warmstart.layout import BASE_FILE, MODEL_FILE
 from warmstart.modeling.augment import augmentation_layers, with_augmentation
 from warmstart.modeling.cache_keys import StaleCacheError
 from warmstart.modeling.feature_cache import check_features
-from warmstart.modeling.model import find_base, load_model, unfreeze_from
+from warmstart.modeling.model import compile_model, find_base, load_model, unfreeze_from
 from warmstart.modeling.prefix_cache import check_prefix
 from warmstart.modeling.surgery import boundary_names, prefix_model, top_model
 from warmstart.modeling.training import seed_everything
@@ -36,21 +37,6 @@ from warmstart.stages.finetune import run_finetune
 from warmstart.stages.transfer import run_transfer, train_head
 
 SIZE = 32
-
-
-def calibrated_base(seed: int = 0) -> keras.Model:
-    """MobileNetV2 0.35 with random kernels and BatchNorm statistics of one random batch."""
-    keras.utils.set_random_seed(seed)
-    base = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), include_top=False,
-                                          alpha=0.35, weights=None)
-    norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in norms:
-        layer.momentum = 0.0  # one training-mode call stores that batch's statistics
-    base(np.random.default_rng(seed).uniform(-1, 1, (16, SIZE, SIZE, 3)).astype("float32"),
-         training=True)
-    for layer in norms:
-        layer.momentum = 0.99
-    return base
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +129,7 @@ def test_finetune_stage_equals_training_the_whole_classifier(run: Params) -> Non
     seed_everything(run.train.seed)
     model = load_model(run.path("transfer_model") / MODEL_FILE)
     unfreeze_from(find_base(model), run.finetune.fine_tune_at)
-    model.compile(optimizer=keras.optimizers.RMSprop(run.finetune.learning_rate),
-                  loss=keras.losses.BinaryCrossentropy())
+    compile_model(model, 2, run.finetune.learning_rate, run.train.label_smoothing)
     manifest = Manifest.read(run.path("processed"))
     model.fit(image_dataset(manifest, "train", run.train.batch_size,
                             shuffle_seed=run.train.seed), epochs=run.finetune.epochs, verbose=0)
@@ -166,10 +151,9 @@ def test_transfer_model_equals_end_to_end_training_from_the_same_head(run: Param
     end_to_end.set_weights(transfer.get_weights())
     start = [w.copy() for w in cached_head[1].get_weights()]
     seed_everything(run.train.seed)
-    train_head(run, cached_head, len(manifest.classes), None)
+    train_head(run, cached_head, len(manifest.classes), None, run.transfer.learning_rate)
     find_base(end_to_end).trainable = False
-    end_to_end.compile(optimizer=keras.optimizers.RMSprop(run.transfer.learning_rate),
-                       loss=keras.losses.BinaryCrossentropy())
+    compile_model(end_to_end, 2, run.transfer.learning_rate, run.train.label_smoothing)
     seed_everything(run.train.seed)
     end_to_end.fit(image_dataset(manifest, "train", run.train.batch_size,
                                  shuffle_seed=run.train.seed), epochs=run.transfer.epochs,

@@ -44,8 +44,11 @@ def test_export_writes_every_artefact_with_its_size(exported: Params) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [
         "classes.json", "model.keras", "model_float32.tflite", "model_int8.tflite",
         "saved_model"]
+    candidate = export_metrics(exported)["candidate"]
+    assert candidate == json.loads(exported.path("evaluate_metrics").read_text())[
+        "candidate"]["model"]
     assert (folder / "model.keras").read_bytes() == (
-        exported.path("finetune_model") / MODEL_FILE).read_bytes()
+        exported.path(f"{candidate}_model") / MODEL_FILE).read_bytes()
     assert json.loads((folder / "classes.json").read_text()) == {
         "classes": ["cats", "dogs"], "image_size": 32, "threshold": 0.5}
     assert (folder / "saved_model" / "assets.extra" / "classes.json").is_file()
@@ -65,9 +68,9 @@ def test_parity_is_computed_and_within_bounds(exported: Params) -> None:
     assert results["validation_images"] == 12
     artefacts = results["artefacts"]
     assert set(artefacts) == {"keras", "saved_model", "saved_model_uint8", "tflite_float32",
-                              "tflite_int8", "finetune_predictions"}
+                              "tflite_int8", "recorded_predictions"}
     assert "top1_agreement" not in artefacts["keras"]  # the reference
-    assert artefacts["finetune_predictions"]["images"] == {"validation": 12, "test": 12}
+    assert artefacts["recorded_predictions"]["images"] == {"validation": 12, "test": 12}
     for name in ("saved_model", "saved_model_uint8", "tflite_float32"):
         assert artefacts[name]["max_abs_diff"] <= exported.export.float32_tolerance, name
         assert artefacts[name]["top1_agreement"] == 1.0, name
@@ -76,7 +79,7 @@ def test_parity_is_computed_and_within_bounds(exported: Params) -> None:
 
 def test_raw_image_endpoints_resize_like_training(exported: Params) -> None:
     """serve_uint8 / serve_encoded take images of any size and match Keras on load_image."""
-    model = load_model(exported.path("finetune_model") / MODEL_FILE)
+    model = load_model(exported.path("export_model") / MODEL_FILE)
     loaded = tf.saved_model.load(str(exported.path("export_model") / "saved_model"))
     for path in sorted((exported.path("raw") / "validation").glob("*/*.jpg"))[::4]:
         expected = model.predict_on_batch(
@@ -110,17 +113,18 @@ def test_parity_violation_fails_and_keeps_the_previous_export(
 
 def test_saved_model_must_reproduce_the_recorded_predictions(exported: Params) -> None:
     """evaluate scores the finetune stage's recorded predictions: export re-checks them."""
-    results = export_metrics(exported)["artefacts"]["finetune_predictions"]
+    results = export_metrics(exported)["artefacts"]["recorded_predictions"]
     assert results["max_abs_diff"] <= 1e-5 and results["top1_agreement"] == 1.0
-    recorded = exported.path("finetune_predictions")
+    candidate = results["model"]
+    recorded = exported.path(f"{candidate}_predictions")
     good, good_metrics = recorded.read_text(), export_metrics(exported)
     frame = pd.read_csv(recorded)
     frame["prob_dogs"] = (frame["prob_dogs"] + 0.01).clip(upper=1.0)
     frame["prob_cats"] = 1.0 - frame["prob_dogs"]
     frame.to_csv(recorded, index=False)
     try:
-        with pytest.raises(ExportParityError, match=r"finetune_predictions \(recorded by "
-                                                    r"finetune; evaluate scored them\)"):
+        with pytest.raises(ExportParityError, match=rf"recorded_predictions \(recorded by "
+                                                    rf"{candidate}; evaluate scored them\)"):
             run_export(exported)
     finally:
         recorded.write_text(good)
@@ -170,7 +174,10 @@ def test_model_card_states_version_params_metrics_and_sizes(exported: Params) ->
             in card
     assert card.index("**Test split**") < card.index("**Validation split**")
     assert "| precision (binary: dogs) |" in card and "| balanced_accuracy |" in card
-    assert "Per class, fine-tuned model, test split:" in card
+    candidate = export_metrics(exported)["candidate"]
+    assert f"**This model is the {candidate} model**: the better of the two on the validation " \
+        "split" in card
+    assert f"Per class, {candidate} model, test split:" in card
     sizes = export_metrics(exported)["artefacts"]
     assert f"| tflite_int8 | {sizes['tflite_int8']['bytes']} |" in card
     assert "fine_tune_at: 100" in card and "min_accuracy: null" in card

@@ -68,7 +68,8 @@ def candidate(params: Params, model: str = "right") -> float:
     results = run_evaluate(params)
     run_export(params)
     run_model_card(params)
-    return results["finetune"][TEST]["accuracy"]
+    assert results["candidate"]["model"] == "transfer"  # equal models: the tie goes to transfer
+    return results["transfer"][TEST]["accuracy"]
 
 
 def gate_json(params: Params) -> dict:
@@ -90,7 +91,7 @@ def test_first_run_passes_on_the_baseline_and_promotes(params: Params) -> None:
         "gate.min_gain_over_baseline 0.0 = 0.333333")
     assert result["split"] == "test"
     assert {k: result["candidate"][k] for k in ("model", "split", "images", "accuracy")} == {
-        "model": "finetune", "split": "test", "images": 18, "accuracy": 1.0}
+        "model": "transfer", "split": "test", "images": 18, "accuracy": 1.0}
     assert result["baseline"] == {"majority_class": "birds", "chosen_on": "train",
                                   "split": "test", "images": 18, "accuracy": 0.333333}
     assert result["thresholds"] == {"min_gain_over_baseline": 0.0, "min_accuracy": None,
@@ -104,7 +105,7 @@ def test_first_run_passes_on_the_baseline_and_promotes(params: Params) -> None:
     assert meta["candidate"]["split"] == "test"
     assert set(meta["candidate"]["evaluate"]) == {"validation", "test"}
     assert meta["candidate"]["data_version"]["files"] == 72
-    assert meta["files"]["model.keras"] == sha256_of(params.path("finetune_model") / MODEL_FILE)
+    assert meta["files"]["model.keras"] == sha256_of(params.path("transfer_model") / MODEL_FILE)
 
 
 def test_first_run_below_the_baseline_fails_and_promotes_nothing(params: Params) -> None:

@@ -20,16 +20,16 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers.project import prepare_project
+from tests.helpers.project import plant_features, prepare_project
 from tests.helpers.shared import REPO
 from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest, image_dataset
 from warmstart.layout import MODEL_FILE
-from warmstart.modeling.feature_cache import load_features
+from warmstart.modeling.feature_cache import feature_dataset, load_features
 from warmstart.modeling.model import load_model
 from warmstart.modeling.prefix_cache import prefix_dataset
 from warmstart.modeling.training import POINTER_FILE, skip_epochs
-from warmstart.stages.transfer import feature_dataset, run_transfer
+from warmstart.stages.transfer import run_transfer
 
 TRANSFER_EPOCHS, FINETUNE_EPOCHS = 6, 4
 
@@ -81,7 +81,10 @@ def outputs(params: Params, stage: str) -> dict[str, bytes | list[bytes]]:
             "metrics": params.path(f"{stage}_metrics").read_bytes()}
 
 
-def check_resume(params: Params, stage: str, killed_at: int, last: int) -> None:
+def check_resume(params: Params, stage: str, killed_at: int, last: int,
+                 ran: int | None = None) -> None:
+    """``ran``: the last epoch the uninterrupted run trained (before ``last`` if it stopped
+    early)."""
     uninterrupted = outputs(params, stage)
     backup = params.path("checkpoints") / stage
     assert not backup.exists(), "a successful run removes its backup"
@@ -94,7 +97,7 @@ def check_resume(params: Params, stage: str, killed_at: int, last: int) -> None:
     log = run_stage(params, stage)
     assert f"resuming {stage} at epoch {killed_at + 1}/{last}" in log
     assert f"{stage} epoch {killed_at}/{last}" not in log, "completed epochs were trained again"
-    assert f"{stage} epoch {last}/{last}" in log
+    assert f"{stage} epoch {ran or last}/{last}" in log
     resumed = outputs(params, stage)
     assert resumed["history"] == uninterrupted["history"]
     assert resumed["metrics"] == uninterrupted["metrics"]
@@ -118,6 +121,21 @@ def test_finetune_killed_after_epoch_2_resumes_at_3_with_identical_weights(
     run_stage(project, "finetune")
     last = TRANSFER_EPOCHS + FINETUNE_EPOCHS
     check_resume(project, "finetune", killed_at=TRANSFER_EPOCHS + 2, last=last)
+
+
+def test_early_stopped_transfer_resumes_and_keeps_the_same_best_epoch(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Early stopping + the learning-rate search: killed after the best epoch, before the stop,
+    the re-run keeps the best epoch's weights and stops where the uninterrupted run did."""
+    params = prepare_project(tmp_path_factory.mktemp("stopping"), upto="features",
+                             transfer={"epochs": 40, "patience": 3, "learning_rate": "auto",
+                                       "learning_rates": [0.001, 0.05]})
+    plant_features(params, contradicted=1 / 3)
+    run_stage(params, "transfer")
+    metrics = json.loads(params.path("transfer_metrics").read_text())
+    assert metrics["kept_epoch"] < metrics["epochs"] < 40, metrics
+    check_resume(params, "transfer", killed_at=metrics["kept_epoch"] + 1, last=40,
+                 ran=metrics["epochs"])
 
 
 def test_augmented_finetune_resumes_with_identical_weights(

@@ -28,3 +28,18 @@ def colour_model(classes: list[str] = CLASSES, scramble: bool = False) -> keras.
         weights = np.roll(weights, 1, axis=1)
     model.get_layer("head_dense").set_weights([weights, np.zeros(len(classes), np.float32)])
     return model
+
+
+def calibrated_base(seed: int = 0, size: int = SIZE) -> keras.Model:
+    """MobileNetV2 0.35 with random kernels and BatchNorm statistics of one random batch."""
+    keras.utils.set_random_seed(seed)
+    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False,
+                                          alpha=0.35, weights=None)
+    norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0  # one training-mode call stores that batch's statistics
+    base(np.random.default_rng(seed).uniform(-1, 1, (16, size, size, 3)).astype("float32"),
+         training=True)
+    for layer in norms:
+        layer.momentum = 0.99
+    return base

@@ -28,8 +28,8 @@ def tiny_params(source: Path | str, **overrides: dict) -> dict:
     params["base"].update(alpha=0.35, weights="none")
     params["preprocess"].update(image_size=32, shard_size=16)
     params["train"].update(batch_size=8)
-    params["transfer"].update(epochs=3, learning_rate=0.01)
-    params["finetune"].update(epochs=2, learning_rate=0.001)
+    params["transfer"].update(epochs=3, learning_rate=0.01, patience=None)
+    params["finetune"].update(epochs=2, learning_rate=0.001, patience=None)
     # Tiny splits (a few images per class, a test split held out of 6 validation images).
     params["validate"].update(min_images_per_class=1)
     # A random-weights base cannot beat even the majority-class baseline reliably: the gate
@@ -103,3 +103,28 @@ def write_processed(params: Params, source: Path, classes: tuple[str, ...]) -> N
                          "class_counts": {name: labels.count(i) for i, name in enumerate(names)}}
     write_json(params.path("processed") / MANIFEST_FILE,
                {"classes": names, "image_size": size, "splits": splits})
+
+
+def plant_features(params: Params, contradicted: float = 0.0, seed: int = 0) -> None:
+    """Replace the features cache's arrays (same shapes and labels) with separable blobs: each
+    class around its own random centre, so a head learns them (a random base's features are
+    ~1e-11). ``contradicted``: that fraction of the VALIDATION images gets the other class's
+    centre, so the validation loss rises once the head grows confident (early stopping)."""
+    import numpy as np
+
+    from warmstart.layout import SPLITS, VALIDATION
+
+    rng = np.random.default_rng(seed)
+    folder = params.path("features")
+    with np.load(folder / "train.npz") as data:
+        dims = data["features"].shape[1]
+    centres = rng.normal(size=(2, dims)).astype(np.float32)
+    for split in SPLITS:
+        with np.load(folder / f"{split}.npz") as data:
+            labels = data["labels"]
+        where = labels.copy()
+        if split == VALIDATION:
+            flip = rng.permutation(len(labels))[:round(contradicted * len(labels))]
+            where[flip] = 1 - where[flip]
+        noise = rng.normal(scale=0.5, size=(len(labels), dims)).astype(np.float32)
+        np.savez(folder / f"{split}.npz", features=centres[where] + noise, labels=labels)

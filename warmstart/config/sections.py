@@ -126,6 +126,13 @@ def _time_zone(name: str) -> str:
     return name
 
 
+def _rate_or_auto(value: float | str) -> float | str:
+    if value == "auto" or (isinstance(value, float) and value > 0):
+        return value
+    raise invalid(f"is {value!r}", "Use a learning rate > 0 (e.g. 0.0001), or auto: the best of "
+                  "transfer.learning_rates on the validation split.")
+
+
 RelPath = Annotated[StrictStr, AfterValidator(_relative)]
 Sha256 = Annotated[StrictStr, AfterValidator(_sha256)]
 PositiveInt = Annotated[StrictInt, Field(gt=0), Fix("Use a value > 0.")]
@@ -300,12 +307,28 @@ class TrainParams:
     #: ``balanced``: each training image weighs n / (k * n_c) in the loss (n training images,
     #: k classes, n_c of its class), from the training split's counts; ``none``: all weigh 1.
     class_weight: Literal["none", "balanced"]
+    #: The validation figure early stopping, the learning-rate search and the choice between the
+    #: two stages' models are made on (``val_loss``: lower is better; ``val_accuracy``: higher).
+    monitor: Literal["val_loss", "val_accuracy"]
+    label_smoothing: Annotated[StrictFloat, Field(ge=0, lt=1), Fix(
+        "Use a smoothing in [0, 1), e.g. 0.1 (0: off).")]
+
+
+Patience = Annotated[StrictInt | None, Field(gt=0), Fix(
+    "Use the number of epochs without improvement of train.monitor before stopping (> 0), or "
+    "null to train every epoch and keep the last.")]
 
 
 @section
 class TransferParams:
     epochs: PositiveInt
-    learning_rate: PositiveFloat
+    #: A number, or ``auto``: the best of ``learning_rates`` on the validation split (trials on
+    #: the cached features, seconds each; ``modeling/lr_search.py``).
+    learning_rate: Annotated[StrictFloat | StrictStr, AfterValidator(_rate_or_auto)]
+    learning_rates: Annotated[list[PositiveFloat], Field(min_length=1), Fix(
+        "List the candidate head learning rates of learning_rate `auto`, e.g. "
+        "[0.0001, 0.001, 0.01].")]
+    patience: Patience
 
 
 @section
@@ -315,6 +338,7 @@ class FinetuneParams:
         f"{MOBILENET_V2_LAYERS - 1}.", detail=", outside the base's layers")]
     epochs: Annotated[StrictInt, Field(ge=0), Fix("Use 0 or more epochs.")]
     learning_rate: PositiveFloat
+    patience: Patience
     cache_dtype: Literal["float16", "float32"]
 
 
@@ -337,6 +361,8 @@ class AugmentParams:
 class EvaluateParams:
     threshold: Annotated[StrictFloat, Field(gt=0, lt=1),
                          Fix("Use a decision threshold in (0, 1).")]
+    #: The validation figure the candidate (transfer or fine-tuned model) is chosen on.
+    select_on: Literal["accuracy", "balanced_accuracy", "macro_f1", "loss"]
 
 
 @section

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from warmstart.config.params import BaseParams
-from warmstart.data.records import Manifest
+from warmstart.data.records import Manifest, without_autotuning
 from warmstart.hashing import sha256_of
 from warmstart.layout import FEATURES_INFO_FILE
 from warmstart.modeling.cache_keys import check_cache, data_digest, weights_digest
@@ -39,3 +40,12 @@ def check_features(folder: Path, manifest: Manifest, base: keras.Model, variant:
 def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(folder / f"{split}.npz") as data:
         return data["features"], data["labels"]
+
+
+def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int,
+                    seed: int | None) -> tf.data.Dataset:
+    """Batches of (features, label), reshuffled each epoch when seeded."""
+    data = tf.data.Dataset.from_tensor_slices((features, labels))
+    if seed is not None:
+        data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    return without_autotuning(data.batch(batch_size).prefetch(tf.data.AUTOTUNE))

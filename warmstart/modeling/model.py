@@ -104,16 +104,37 @@ def head_model(feature_dim: int, layers: list[keras.layers.Layer]) -> keras.Mode
     return keras.Model(inputs, outputs, name="head")
 
 
-def compile_model(model: keras.Model, num_classes: int, learning_rate: float) -> None:
+def compile_model(model: keras.Model, num_classes: int, learning_rate: float,
+                  label_smoothing: float) -> None:
     """RMSprop, as in the tutorial; loss and accuracy matching the head's activation."""
     if num_classes == 2:
-        loss = keras.losses.BinaryCrossentropy()
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy")]
     else:
-        loss = keras.losses.SparseCategoricalCrossentropy()
+        loss = SmoothedSparseCrossentropy(num_classes, label_smoothing)
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate), loss=loss,
                   metrics=metrics)
+
+
+@keras.saving.register_keras_serializable(package="warmstart")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy of integer labels with label smoothing: Keras 3.3's
+    ``SparseCategoricalCrossentropy`` has no ``label_smoothing``. With 0 it equals it."""
+
+    def __init__(self, num_classes: int, label_smoothing: float, **kwargs) -> None:
+        super().__init__(name=kwargs.pop("name", "smoothed_sparse_crossentropy"), **kwargs)
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+
+    def call(self, y_true, y_pred):
+        labels = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"),
+                                   self.num_classes)
+        return keras.losses.categorical_crossentropy(labels, y_pred,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "label_smoothing": self.label_smoothing}
 
 
 def find_base(model: keras.Model) -> keras.Model:

@@ -21,6 +21,7 @@ from warmstart.errors import WarmstartError
 from warmstart.inference.recorded import RECORDED_SPLITS, make_predictions, write_predictions
 from warmstart.layout import TRAIN, VALIDATION
 from warmstart.modeling.distribute import make_strategy
+from warmstart.modeling.stopping import Stopping
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +68,19 @@ def read_history(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def final_metrics(rows: list[dict]) -> dict:
-    """The last epoch's figures by split, as written to metrics/<stage>.json (NaNs left out):
+def final_metrics(rows: list[dict], stopping: Stopping) -> dict:
+    """The kept epoch's figures by split, as written to metrics/<stage>.json (NaNs left out):
     ``train`` (the training loss is class-weighted with ``train.class_weight: balanced``) and
-    ``validation``. The test split is never seen while training."""
-    last = rows[-1]
+    ``validation``; ``epochs`` run and ``kept_epoch`` (the best on validation with early
+    stopping, else the last). The test split is never seen while training."""
+    kept = stopping.kept_row(rows)
 
     def figures(prefix: str) -> dict:
-        values = {k: round(float(last[prefix + k]), 6) for k in ("loss", "accuracy")}
+        values = {k: round(float(kept[prefix + k]), 6) for k in ("loss", "accuracy")}
         return {k: v for k, v in values.items() if v == v}
 
-    metrics = {"epochs": int(last["epoch"]), TRAIN: figures(""), VALIDATION: figures("val_")}
+    metrics = {"epochs": int(rows[-1]["epoch"]), "kept_epoch": int(kept["epoch"]),
+               TRAIN: figures(""), VALIDATION: figures("val_")}
     return {k: v for k, v in metrics.items() if v != {}}
 
 
@@ -99,11 +102,12 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
     """
 
     def __init__(self, folder: Path, stage: str, fingerprint: str, train_data: tf.data.Dataset,
-                 epochs: tuple[int, int]) -> None:
+                 epochs: tuple[int, int], stopping: Stopping) -> None:
         super().__init__(backup_dir=str(folder), delete_checkpoint=False)
         self.folder, self.stage, self.fingerprint = folder, stage, fingerprint
         self.train_data = train_data
         self.first_epoch, self.last_epoch = epochs
+        self.stopping = stopping
         self.rows: list[dict] = []
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -113,16 +117,32 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.rows.append(history_row(self.stage, epoch + 1, logs or {}))
-        name = f"epoch-{epoch + 1:04d}"
+        name = epoch_folder(epoch + 1)
         with atomic_dir(self.folder / name) as staging:
             self.model.save_weights(str(staging / WEIGHTS_FILE))
             np.savez(staging / SEEDS_FILE, *[v.numpy() for v in seed_states(self.model)])
             write_json(staging / ROWS_FILE, self.rows)
+        kept = epoch_folder(self.stopping.kept_row(self.rows)["epoch"])
         write_json(self.folder / POINTER_FILE, {"stage": self.stage, "epoch": epoch + 1,
-                                                "folder": name, "fingerprint": self.fingerprint})
+                                                "folder": name, "kept": kept,
+                                                "fingerprint": self.fingerprint})
         for old in self.folder.glob("epoch-*"):
-            if old.name != name:
+            if old.name not in (name, kept):
                 shutil.rmtree(old, ignore_errors=True)
+        if self.stopping.should_stop(self.rows):
+            logger.info("%s: stopping early after epoch %d: %s has not improved for %d epochs "
+                        "(the best, epoch %s, is kept)", self.stage, epoch + 1,
+                        self.stopping.monitor, self.stopping.patience, kept)
+            self.model.stop_training = True
+
+    def keep_best(self) -> None:
+        """Load the kept epoch's weights (the best one with early stopping) after ``fit``."""
+        kept = self.stopping.kept_row(self.rows)["epoch"]
+        if kept != self.rows[-1]["epoch"]:
+            self.model.load_weights(str(self.folder / epoch_folder(kept) / WEIGHTS_FILE))
+            logger.info("%s: keeping epoch %d (best %s %.4f)", self.stage, kept,
+                        self.stopping.monitor, float(self.stopping.kept_row(self.rows)[
+                            self.stopping.monitor]))
 
     def clean(self) -> None:
         """Remove the backups: call once the stage's outputs are safely written."""
@@ -156,10 +176,16 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
             raise BackupError(f"Cannot restore the {self.stage} backup in {folder}: {exc}. "
                               f"Delete {self.folder} to train from the first epoch.") from exc
         self.model._initial_epoch = state["epoch"]  # what BackupAndRestore itself sets
+        if self.stopping.should_stop(self.rows):  # it had stopped early: no epoch is left
+            self.model._initial_epoch = self.last_epoch
         skip_epochs(self.train_data, state["epoch"] - self.first_epoch)
         logger.info("resuming %s at epoch %d/%d: weights, optimizer, random-seed state and "
                     "history of epochs 1..%d restored from %s", self.stage, state["epoch"] + 1,
                     self.last_epoch, state["epoch"], folder)
+
+
+def epoch_folder(epoch: int) -> str:
+    return f"epoch-{int(epoch):04d}"
 
 
 def seed_states(model: keras.Model) -> list[keras.Variable]:
@@ -226,6 +252,7 @@ def fit_resumable(model: keras.Model, train: tf.data.Dataset, validation: tf.dat
     first, last = backup.first_epoch, backup.last_epoch
     model.fit(train, validation_data=validation, initial_epoch=first, epochs=last, verbose=0,
               callbacks=[backup, EpochLogger(backup.stage, last)], class_weight=class_weight)
+    backup.keep_best()
     return backup.rows
 
 
@@ -263,11 +290,12 @@ def start_training(train: TrainParams, processed: Path
 
 
 def write_results(files: dict[str, Path], manifest: Manifest, outputs: dict[str, np.ndarray],
-                  rows: list[dict]) -> dict:
-    """A training stage's ``predictions``, ``history`` and ``metrics`` files; the metrics."""
+                  rows: list[dict], stopping: Stopping, extra: dict | None = None) -> dict:
+    """A training stage's ``predictions``, ``history`` and ``metrics`` files (``extra``: more
+    metrics of the stage); the metrics."""
     record_predictions(files["predictions"], manifest, outputs)
     write_history(files["history"], rows)
-    metrics = final_metrics(rows)
+    metrics = {**final_metrics(rows, stopping), **(extra or {})}
     write_json(files["metrics"], metrics)
     return metrics
 

@@ -11,7 +11,9 @@ Writes ``paths.evaluate_metrics``: ``{"transfer": {"validation": {...}, "test": 
 "finetune": {...}, "majority_baseline": {"class": ..., "validation": {...}, "test": {...}}}``
 (per model and split: loss, accuracy, balanced accuracy, precision / recall / F1 (binary or
 macro), macro-F1, ROC-AUC, confusion matrix, per-class precision / recall / F1 / support and the
-image count; the baseline always answers the training split's most frequent class), and per
+image count; the baseline always answers the training split's most frequent class; the
+``candidate``: the better model on validation by ``evaluate.select_on``, which `export` ships and
+the gate judges, with the reason), and per
 model and split ``confusion_<stage>_<split>.csv`` (actual, predicted) and
 ``roc_<stage>_<split>.csv`` (fpr, tpr) under ``paths.evaluate_plots``.
 """
@@ -27,6 +29,7 @@ import pandas as pd
 from warmstart.atomic import atomic_dir, write_json
 from warmstart.config.params import Params
 from warmstart.data.manifest import Manifest
+from warmstart.inference.candidate import MODELS, choose_candidate
 from warmstart.inference.recorded import (
     RECORDED_SPLITS,
     Predictions,
@@ -39,7 +42,7 @@ from warmstart.layout import TRAIN, confusion_plot, roc_plot
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("transfer", "finetune")
+STAGES = MODELS
 #: Logged per model and split (the full figures are in paths.evaluate_metrics).
 SUMMARY = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss", "count")
 
@@ -64,6 +67,9 @@ def run_evaluate(params: Params) -> dict:
     results["majority_baseline"] = majority_baseline(manifest.class_counts(TRAIN),
                                                      manifest.classes, labels)
     logger.info("majority-class baseline: %s", results["majority_baseline"])
+    results["candidate"] = choose_candidate(results, params.evaluate.select_on)
+    logger.info("candidate: %s (%s)", results["candidate"]["model"],
+                results["candidate"]["reason"])
     write_json(params.path("evaluate_metrics"), results)
     return results
 

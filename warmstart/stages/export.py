@@ -1,8 +1,9 @@
-"""Stage `export`: the fine-tuned model in deployable formats, each checked against Keras.
+"""Stage `export`: the candidate model in deployable formats, each checked against Keras.
 
-Writes the folder ``paths.export_model``:
+The candidate is the better of the transfer and fine-tuned models on the validation split, as
+`evaluate` recorded it (``inference/candidate.py``). Writes the folder ``paths.export_model``:
 
-- ``model.keras`` — the fine-tuned model, byte for byte;
+- ``model.keras`` — the candidate's ``model.keras``, byte for byte;
 - ``saved_model/`` — a TF SavedModel (Keras ``ExportArchive``, what ``model.export()`` uses) with
   endpoints ``serve`` (float32 0-255 pixels at the training size; also ``serving_default``),
   ``serve_uint8`` (uint8 images of ANY size, one size per batch) and ``serve_encoded``
@@ -18,8 +19,8 @@ Parity: every artefact predicts the whole validation split through the loaders
 absolute probability difference. Float32 artefacts must stay within ``export.float32_tolerance``,
 the int8 model must agree on at least ``export.int8_min_agreement`` of the images. The Keras
 model read back from ``model.keras`` must also reproduce, within the float32 bound, the
-predictions the finetune stage recorded on the validation and test splits
-(``paths.finetune_predictions``, which `evaluate` scores and the gate judges): a save/load
+predictions its stage recorded on the validation and test splits
+(``paths.<stage>_predictions``, which `evaluate` scores and the gate judges): a save/load
 problem cannot pass unnoticed. The figures
 and each artefact's size go to ``paths.export_metrics``; a violation fails the stage and leaves
 the previous export in place.
@@ -41,6 +42,7 @@ from warmstart.config.params import ExportParams, Params
 from warmstart.data.decode import decode_rgb, resize_uint8
 from warmstart.data.records import Manifest, image_dataset
 from warmstart.errors import WarmstartError
+from warmstart.inference.candidate import read_candidate
 from warmstart.inference.predict import (
     SERVE_ENDPOINT,
     SavedModelPredictor,
@@ -67,7 +69,7 @@ from warmstart.modeling.model import load_model
 
 logger = logging.getLogger(__name__)
 
-RECORDED = "finetune_predictions"  # parity entry: model.keras vs the finetune stage's record
+RECORDED = "recorded_predictions"  # parity entry: model.keras vs its training stage's record
 
 
 class ExportParityError(WarmstartError):
@@ -76,11 +78,14 @@ class ExportParityError(WarmstartError):
 
 def run_export(params: Params) -> dict:
     manifest = Manifest.read(params.path("processed"))
-    source = params.path("finetune_model") / MODEL_FILE
+    candidate = read_candidate(params.path("evaluate_metrics"))["model"]
+    source = params.path(f"{candidate}_model") / MODEL_FILE
+    logger.info("export: the candidate is the %s model (%s)", candidate, source)
     model = load_model(source)
     with atomic_dir(params.path("export_model")) as staging:
         write_artefacts(model, source, staging, manifest, params)
-        results = parity_report(staging, model, manifest, params)
+        results = {"candidate": candidate,
+                   **parity_report(staging, (candidate, model), manifest, params)}
         results["problems"] = parity_problems(results, params.export)
         results["passed"] = not results["problems"]
         write_json(params.path("export_metrics"), results)
@@ -165,9 +170,12 @@ def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def parity_report(folder: Path, model: keras.Model, manifest: Manifest, params: Params) -> dict:
+def parity_report(folder: Path, candidate: tuple[str, keras.Model], manifest: Manifest,
+                  params: Params) -> dict:
     """Per artefact: size, and agreement / max |prob diff| with the Keras model on validation;
-    model.keras vs the finetune stage's recorded predictions on validation and test."""
+    model.keras vs the predictions its stage (``candidate``: name, model) recorded on
+    validation and test."""
+    stage, model = candidate
     reference = probabilities_of(model.predict_on_batch, manifest, VALIDATION, params)
     threshold = params.evaluate.threshold
     found = artefacts(folder)
@@ -180,16 +188,16 @@ def parity_report(folder: Path, model: keras.Model, manifest: Manifest, params: 
         entry = report.setdefault(name, {"file": f"{SAVED_MODEL_DIR} (serve_uint8)"})
         entry.update(compare(reference, probabilities, threshold))
     test = probabilities_of(model.predict_on_batch, manifest, TEST, params)
-    report[RECORDED] = recorded_parity(params, {VALIDATION: reference, TEST: test})
+    report[RECORDED] = recorded_parity(params, stage, {VALIDATION: reference, TEST: test})
     return {"validation_images": int(len(reference)), "artefacts": report,
             "thresholds": {"float32_tolerance": params.export.float32_tolerance,
                            "int8_min_agreement": params.export.int8_min_agreement}}
 
 
-def recorded_parity(params: Params, reference: dict[str, np.ndarray]) -> dict:
-    """The saved model's predictions (``{split: probabilities}``) vs those the finetune stage
-    recorded for the same splits (what evaluate, the model card and the gate use)."""
-    path = params.path("finetune_predictions")
+def recorded_parity(params: Params, stage: str, reference: dict[str, np.ndarray]) -> dict:
+    """The saved model's predictions (``{split: probabilities}``) vs those ``stage`` recorded
+    for the same splits (what evaluate, the model card and the gate use)."""
+    path = params.path(f"{stage}_predictions")
     recorded = read_predictions(path)
     for split, expected in reference.items():
         if len(recorded[split].probabilities) != len(expected):
@@ -198,7 +206,7 @@ def recorded_parity(params: Params, reference: dict[str, np.ndarray]) -> dict:
                                    "run `dvc repro`.")
     ours = np.concatenate(list(reference.values()))
     theirs = np.concatenate([recorded[split].probabilities for split in reference])
-    return {"file": params.paths.finetune_predictions,
+    return {"file": getattr(params.paths, f"{stage}_predictions"), "model": stage,
             "images": {split: int(len(values)) for split, values in reference.items()},
             **compare(ours, theirs, params.evaluate.threshold)}
 
@@ -234,7 +242,7 @@ def parity_problems(results: dict, limits: ExportParams) -> list[str]:
                 problems.append(f"{name}: top-1 agreement {entry['top1_agreement']:.4f} < "
                                 f"export.int8_min_agreement {limits.int8_min_agreement}")
         elif entry["max_abs_diff"] > limits.float32_tolerance:
-            label = f"{name} (recorded by finetune; evaluate scored them)" \
+            label = f"{name} (recorded by {entry['model']}; evaluate scored them)" \
                 if name == RECORDED else name
             problems.append(f"{label}: max |probability difference| {entry['max_abs_diff']:.3g} "
                             f"> export.float32_tolerance {limits.float32_tolerance}")

@@ -1,18 +1,22 @@
 """Stage `finetune`: continue from the transfer checkpoint with the top of the base unfrozen.
 
-Loads ``<transfer_model>/model.keras``, makes base layers ``finetune.fine_tune_at`` and up
-trainable (BatchNorm stays in inference mode), recompiles with the lower
-``finetune.learning_rate`` and trains ``finetune.epochs`` more epochs, continuing the epoch count
-of the transfer stage. The frozen layers' outputs come from the prefix cache the `features` stage
-writes (``paths.prefix``): only the trainable top (``modeling/surgery.py``: it shares its layers
-with the classifier) runs each epoch, which computes exactly what training the whole classifier
-would. With ``augment`` on, the cache is bypassed and the whole classifier trains on augmented
-images. ``fit`` monitors the validation split, with ``train.class_weight`` on the training
-loss. The full classifier is saved, and its validation- and test-split predictions (made after
-training: test never enters it) go to ``paths.finetune_predictions`` (the trained top on the
-float32 prefix: the full model's outputs; ``inference/recorded.py``). Every epoch is backed up under
-``paths.checkpoints``: a re-run after a crash resumes at the next epoch
-(``modeling/training.py``, EpochBackup).
+Loads ``<transfer_model>/model.keras``, makes base layers ``finetune.fine_tune_at`` and up trainable
+(BatchNorm stays in inference mode: with a few thousand images, batch statistics of 128 would
+replace ImageNet's; and Keras 3.3 would let ``fit`` override ``training=False``, see
+``modeling/model.py``), recompiles with the lower ``finetune.learning_rate`` and trains at most
+``finetune.epochs`` more epochs, continuing the epoch count of the transfer stage, stopping early
+after ``finetune.patience`` epochs without a better ``train.monitor`` on validation (the best
+epoch's weights are kept). Whether the result beats the transfer model is decided on validation by
+`evaluate` (the candidate, ``inference/candidate.py``). The frozen layers' outputs come from the
+prefix cache the `features` stage writes (``paths.prefix``): only the trainable top
+(``modeling/surgery.py``: it shares its layers with the classifier) runs each epoch, which computes
+exactly what training the whole classifier would. With ``augment`` on, the cache is bypassed and the
+whole classifier trains on augmented images. ``fit`` monitors the validation split, with
+``train.class_weight`` on the training loss. The full classifier is saved, and its validation- and
+test-split predictions (made after training: test never enters it) go to
+``paths.finetune_predictions`` (the trained top on the float32 prefix: the full model's outputs;
+``inference/recorded.py``). Every epoch is backed up under ``paths.checkpoints``: a re-run after a
+crash resumes at the next epoch (``modeling/training.py``, EpochBackup).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from warmstart.layout import MODEL_FILE, PREFIX_INFO_FILE, SPLITS, TRAIN, VALIDA
 from warmstart.modeling.augment import augmented_training
 from warmstart.modeling.model import compile_model, find_base, load_model, save_model, unfreeze_from
 from warmstart.modeling.prefix_cache import check_prefix, prefix_dataset
+from warmstart.modeling.stopping import Stopping
 from warmstart.modeling.surgery import top_model
 from warmstart.modeling.training import (
     RESULT_FILES,
@@ -65,7 +70,8 @@ def run_finetune(params: Params) -> Path:
         save_model(model, params.path("finetune_model") / MODEL_FILE)
         outputs = predict_splits(training, data)
     files = {kind: params.path(f"finetune_{kind}") for kind in RESULT_FILES}
-    metrics = write_results(files, manifest, outputs, rows)
+    metrics = write_results(files, manifest, outputs, rows,
+                            Stopping.of(params.train, params.finetune.patience))
     if backup is not None:
         backup.clean()
     logger.info("finetune: %s", metrics)
@@ -87,7 +93,8 @@ def training_setup(params: Params, model: keras.Model, manifest: Manifest
                     params.finetune.fine_tune_at, folder)
         data = {split: prefix_dataset(folder, split, batch, seed if split == TRAIN else None)
                 for split in SPLITS}
-    compile_model(training, len(manifest.classes), params.finetune.learning_rate)
+    compile_model(training, len(manifest.classes), params.finetune.learning_rate,
+                  params.train.label_smoothing)
     return training, data
 
 
@@ -106,7 +113,8 @@ def fit_more(params: Params, model: keras.Model, data: dict[str, tf.data.Dataset
         return [history_row("finetune", done, logs)], None
     backup = EpochBackup(params.path("checkpoints") / "finetune", "finetune",
                          finetune_fingerprint(params), data[TRAIN],
-                         (done, done + params.finetune.epochs))
+                         (done, done + params.finetune.epochs),
+                         Stopping.of(params.train, params.finetune.patience))
     return fit_resumable(model, data[TRAIN], data[VALIDATION], backup, class_weight), backup
 
 

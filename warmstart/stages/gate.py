@@ -1,7 +1,9 @@
 """Stage `gate`: promote the exported model only when it is good enough ("blessing").
 
-The candidate is the fine-tuned model, judged on the TEST split only: held out, no stage before
-made a choice on it (training monitors validation). Its test accuracy comes from
+The candidate is the model `export` shipped: the better of the transfer and fine-tuned models
+on the validation split (``inference/candidate.py``), judged on the TEST split only: held out,
+no stage before made a choice on it (training, the learning-rate search and the candidate's
+choice all use validation). Its test accuracy comes from
 ``paths.evaluate_metrics``. It passes when
 
 - ``beats_baseline``: its accuracy is more than ``gate.min_gain_over_baseline`` above the
@@ -40,6 +42,7 @@ from warmstart.config.params import GateParams, Params, as_dict
 from warmstart.data.records import Manifest, image_dataset, labels_of
 from warmstart.errors import WarmstartError
 from warmstart.hashing import sha256_of
+from warmstart.inference.candidate import read_candidate
 from warmstart.inference.predict import read_labels
 from warmstart.inference.recorded import class_probabilities
 from warmstart.inference.scoring import classification_metrics
@@ -91,9 +94,11 @@ def run_gate(params: Params) -> dict:
 def judged_figures(evaluation: Path) -> tuple[dict, dict]:
     """(candidate, majority baseline): their accuracy on the test split, and its image count."""
     results = json.loads(evaluation.read_text())
-    finetune, baseline = results["finetune"][JUDGED_SPLIT], results["majority_baseline"]
-    where = {"split": JUDGED_SPLIT, "images": finetune["count"]}
-    return ({"model": "finetune", **where, "accuracy": finetune["accuracy"]},
+    chosen = read_candidate(evaluation)
+    figures, baseline = results[chosen["model"]][JUDGED_SPLIT], results["majority_baseline"]
+    where = {"split": JUDGED_SPLIT, "images": figures["count"]}
+    return ({"model": chosen["model"], "chosen_because": chosen["reason"], **where,
+             "accuracy": figures["accuracy"]},
             {"majority_class": baseline["class"], "chosen_on": baseline["chosen_on"], **where,
              "accuracy": baseline[JUDGED_SPLIT]["accuracy"]})
 
@@ -182,7 +187,8 @@ def promotion_metadata(params: Params, result: dict, previous: dict | None,
                        folder: Path) -> dict:
     """``promotion.json``: the candidate's test figures (and all its evaluate figures, per
     split), the gate's decision, params, file hashes and the previous promotion."""
-    evaluation = json.loads(params.path("evaluate_metrics").read_text())["finetune"]
+    evaluation = json.loads(params.path("evaluate_metrics").read_text())[
+        result["candidate"]["model"]]
     files = {p.relative_to(folder).as_posix(): sha256_of(p)
              for p in sorted(folder.rglob("*")) if p.is_file()}
     earlier = None if previous is None else {

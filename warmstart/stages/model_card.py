@@ -117,21 +117,34 @@ def metrics_section(params: Params, classes: list[str]) -> str:
     stages = [s for s in ("transfer", "finetune") if s in evaluation]
     if not stages:
         return "## Metrics\n\nNo evaluation metrics found."
+    candidate = evaluation.get("candidate", {})
     lines = ["## Metrics", "", "Every figure names its split; the test split's are the ones to "
-             "quote (the gate judges them)."]
+             "quote (the gate judges them).", "",
+             f"**This model is the {candidate.get('model', '?')} model**: the better of the two "
+             f"on the validation split ({candidate.get('reason', 'no candidate recorded')})."]
     for split in (TEST, VALIDATION):
         lines += ["", split_table(evaluation, stages, split, classes)]
-    lines += ["", per_class_table(evaluation["finetune"][TEST], TEST) if "finetune" in stages
-              else ""]
-    for stage in stages:
-        training = read_json(params.path(f"{stage}_metrics"))
-        if training:
-            lines.append(f"\n{stage} training, last epoch {training.get('epochs')}: "
-                         + "; ".join(f"{split} " + ", ".join(f"{k} {fmt(v)}" for k, v in
-                                                              sorted(training[split].items()))
-                                     for split in (TRAIN, VALIDATION) if split in training)
-                         + f" (train.class_weight {params.train.class_weight})")
-    return "\n".join(lines)
+    if candidate.get("model") in stages:
+        lines += ["", per_class_table(evaluation[candidate["model"]][TEST], candidate["model"],
+                                      TEST)]
+    lines += [training_line(params, stage) for stage in stages]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def training_line(params: Params, stage: str) -> str | None:
+    """How a stage trained: epochs run, the kept one, its figures, its learning rate."""
+    training = read_json(params.path(f"{stage}_metrics"))
+    if not training:
+        return None
+    rate = training.get("learning_rate", getattr(params, stage).learning_rate)
+    chosen = " (chosen on the validation split)" if "learning_rate_search" in training else ""
+    return (f"\n{stage} training: {training.get('epochs')} epochs run, epoch "
+            f"{training.get('kept_epoch')} kept (train.monitor {params.train.monitor}); "
+            + "; ".join(f"{split} " + ", ".join(f"{k} {fmt(v)}" for k, v in
+                                                 sorted(training[split].items()))
+                        for split in (TRAIN, VALIDATION) if split in training)
+            + f"; learning rate {fmt(rate)}{chosen}, label smoothing "
+            f"{params.train.label_smoothing}, train.class_weight {params.train.class_weight}")
 
 
 def split_table(evaluation: dict, stages: list[str], split: str, classes: list[str]) -> str:
@@ -151,8 +164,8 @@ def split_table(evaluation: dict, stages: list[str], split: str, classes: list[s
     return "\n".join(lines)
 
 
-def per_class_table(metrics: dict, split: str) -> str:
-    lines = [f"Per class, fine-tuned model, {split} split:", "",
+def per_class_table(metrics: dict, model: str, split: str) -> str:
+    lines = [f"Per class, {model} model, {split} split:", "",
              "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
     for name, values in metrics.get("per_class", {}).items():
         lines.append(f"| {name} | " + " | ".join(fmt(values[k]) for k in
@@ -163,10 +176,10 @@ def per_class_table(metrics: dict, split: str) -> str:
 def export_section(results: dict) -> str:
     if not results:
         return "## Export\n\nNo export metrics found."
-    recorded = results.get("artefacts", {}).get("finetune_predictions", {}).get("images", {})
+    recorded = results.get("artefacts", {}).get("recorded_predictions", {}).get("images", {})
     lines = ["## Export", "",
              f"Parity with the Keras model on {results.get('validation_images')} validation "
-             "images (`warmstart predict` loaders); finetune_predictions: `model.keras` vs the "
+             "images (`warmstart predict` loaders); recorded_predictions: `model.keras` vs the "
              "predictions evaluate scored (" + ", ".join(f"{split} {count}" for split, count
                                                           in recorded.items()) + " images):", "",
              "| artefact | size (bytes) | top-1 agreement | max abs prob. diff |",

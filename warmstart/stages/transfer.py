@@ -1,16 +1,19 @@
 """Stage `transfer`: train the classification head on the frozen base's cached features.
 
 Training on ``paths.features`` is exactly training the full model with the base frozen and in
-inference mode (no augmentation), at a tiny fraction of the cost. The trained head layers are
-then attached to the same base, so ``model.keras`` is the complete model on raw pixels. ``fit``
-monitors the validation split; once trained, the head's outputs on the cached validation and test
-features (the full model's outputs) go to ``paths.transfer_predictions``
-(``inference/recorded.py``): the test split never enters training. ``train.class_weight``
-weighs the training loss per class (``modeling/training.py``, class_weights).
-With ``augment`` on, every epoch sees different images, so the cache cannot be used: the full
-model (base frozen) is trained on augmented images instead, and the log says so. Every epoch is
-backed up under ``paths.checkpoints``: a re-run after a crash resumes at the next epoch, with the
-same result as an uninterrupted run (``modeling/training.py``, EpochBackup).
+inference mode (no augmentation), at a tiny fraction of the cost. The trained head layers are then
+attached to the same base, so ``model.keras`` is the complete model on raw pixels. Every choice is
+made on the validation split: ``transfer.learning_rate: auto`` picks the head's rate from
+``transfer.learning_rates`` by trials on the cached features (``modeling/lr_search.py``), and
+training stops once ``train.monitor`` has not improved for ``transfer.patience`` epochs, keeping the
+best epoch's weights (``modeling/stopping.py``). Once trained, the head's outputs on the cached
+validation and test features (the full model's outputs) go to ``paths.transfer_predictions``
+(``inference/recorded.py``): the test split never enters training. ``train.class_weight`` weighs the
+training loss per class (``modeling/training.py``, class_weights). With ``augment`` on, every epoch
+sees different images, so the cache cannot be used: the full model (base frozen) is trained on
+augmented images instead, and the log says so. Every epoch is backed up under ``paths.checkpoints``:
+a re-run after a crash resumes at the next epoch, with the same result as an uninterrupted run
+(``modeling/training.py``, EpochBackup).
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import numpy as np
 import tensorflow as tf
 
 from warmstart.config.params import Params
-from warmstart.data.records import Manifest, without_autotuning
+from warmstart.data.records import Manifest
 from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, MODEL_FILE, SPLITS, TRAIN, VALIDATION
 from warmstart.modeling.augment import augmented_training
-from warmstart.modeling.feature_cache import check_features, load_features
+from warmstart.modeling.feature_cache import check_features, feature_dataset, load_features
+from warmstart.modeling.lr_search import choose_learning_rate
 from warmstart.modeling.model import (
     assemble_classifier,
     compile_model,
@@ -35,6 +39,7 @@ from warmstart.modeling.model import (
     load_model,
     save_model,
 )
+from warmstart.modeling.stopping import Stopping
 from warmstart.modeling.training import (
     RESULT_FILES,
     EpochBackup,
@@ -43,6 +48,7 @@ from warmstart.modeling.training import (
     predict_splits,
     recorded_key,
     run_fingerprint,
+    seed_everything,
     start_training,
     write_results,
 )
@@ -56,32 +62,35 @@ SECTIONS = ("data", "base", "head", "train", "transfer", "augment")
 def run_transfer(params: Params) -> Path:
     strategy, manifest = start_training(params.train, params.path("processed"))
     with strategy.scope():
-        model, backup, outputs = train_classifier(params, manifest)
+        model, backup, outputs, choice = train_classifier(params, manifest)
         save_model(model, params.path("transfer_model") / MODEL_FILE)
     files = {kind: params.path(f"transfer_{kind}") for kind in RESULT_FILES}
-    metrics = write_results(files, manifest, outputs, backup.rows)
+    metrics = write_results(files, manifest, outputs, backup.rows, backup.stopping, choice)
     backup.clean()
-    logger.info("transfer: %s", metrics)
+    logger.info("transfer: %s", {k: v for k, v in metrics.items() if k != "learning_rate_search"})
     return params.path("transfer_model") / MODEL_FILE
 
 
 def train_classifier(params: Params, manifest: Manifest
-                     ) -> tuple[keras.Model, EpochBackup, dict[str, np.ndarray]]:
-    """(classifier with its head trained, backup, its outputs on validation and test).
-
-    Call inside the strategy's scope."""
+                     ) -> tuple[keras.Model, EpochBackup, dict[str, np.ndarray], dict]:
+    """(classifier with its head trained, backup, its outputs on validation and test, the
+    learning-rate choice). Call inside the strategy's scope."""
     base = load_model(params.path("features") / BASE_FILE)
     base.trainable = False
     check_features(params.path("features"), manifest, base, params.base, params.root)
-    layers = head_layers(len(manifest.classes), params.head.dropout)
-    model = assemble_classifier(base, layers)
+    num_classes = len(manifest.classes)
     weights = class_weights(params.train, manifest)
+    choice = choose_learning_rate(params, num_classes, weights)
+    rate = choice["learning_rate"]
+    seed_everything(params.train.seed, params.train.deterministic)  # whatever the trials drew
+    layers = head_layers(num_classes, params.head.dropout)
+    model = assemble_classifier(base, layers)
     if params.augment.enabled:
-        backup, outputs = train_augmented(params, model, manifest, weights)
+        backup, outputs = train_augmented(params, model, manifest, weights, rate)
     else:
-        backup, outputs = train_head(params, layers, len(manifest.classes), weights)
-    compile_model(model, len(manifest.classes), params.transfer.learning_rate)
-    return model, backup, outputs
+        backup, outputs = train_head(params, layers, num_classes, weights, rate)
+    compile_model(model, num_classes, rate, params.train.label_smoothing)
+    return model, backup, outputs, choice
 
 
 def transfer_backup(params: Params, train: tf.data.Dataset) -> EpochBackup:
@@ -89,11 +98,12 @@ def transfer_backup(params: Params, train: tf.data.Dataset) -> EpochBackup:
     inputs = {"features": recorded_key(params.path("features") / FEATURES_INFO_FILE)}
     fingerprint = run_fingerprint(params, "transfer", SECTIONS, inputs)
     return EpochBackup(params.path("checkpoints") / "transfer", "transfer", fingerprint, train,
-                       (0, params.transfer.epochs))
+                       (0, params.transfer.epochs),
+                       Stopping.of(params.train, params.transfer.patience))
 
 
 def train_head(params: Params, layers: list[keras.layers.Layer], num_classes: int,
-               class_weight: dict[int, float] | None
+               class_weight: dict[int, float] | None, rate: float
                ) -> tuple[EpochBackup, dict[str, np.ndarray]]:
     """Fit the head on the cached training features, monitoring validation; then its outputs
     on the validation and test features."""
@@ -102,7 +112,7 @@ def train_head(params: Params, layers: list[keras.layers.Layer], num_classes: in
                 {split: len(labels) for split, (_, labels) in cached.items()},
                 cached[TRAIN][0].shape[1])
     head = head_model(cached[TRAIN][0].shape[1], layers)
-    compile_model(head, num_classes, params.transfer.learning_rate)
+    compile_model(head, num_classes, rate, params.train.label_smoothing)
     batch = params.train.batch_size
     data = {split: feature_dataset(*cached[split], batch,
                                    seed=params.train.seed if split == TRAIN else None)
@@ -113,20 +123,12 @@ def train_head(params: Params, layers: list[keras.layers.Layer], num_classes: in
 
 
 def train_augmented(params: Params, model: keras.Model, manifest: Manifest,
-                    class_weight: dict[int, float] | None
+                    class_weight: dict[int, float] | None, rate: float
                     ) -> tuple[EpochBackup, dict[str, np.ndarray]]:
     """The whole classifier (base frozen) on augmented images: no cache can hold them."""
     training, data = augmented_training(model, params.augment, manifest, params.train.batch_size,
                                         params.train.seed, "transfer")
-    compile_model(training, len(manifest.classes), params.transfer.learning_rate)
+    compile_model(training, len(manifest.classes), rate, params.train.label_smoothing)
     backup = transfer_backup(params, data[TRAIN])
     fit_resumable(training, data[TRAIN], data[VALIDATION], backup, class_weight)
     return backup, predict_splits(model, data)
-
-
-def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int,
-                    seed: int | None) -> tf.data.Dataset:
-    data = tf.data.Dataset.from_tensor_slices((features, labels))
-    if seed is not None:
-        data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return without_autotuning(data.batch(batch_size).prefetch(tf.data.AUTOTUNE))

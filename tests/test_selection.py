@@ -1,0 +1,202 @@
+"""Choices made on the validation split: early stopping (best epoch kept), the head's learning
+rate, the candidate (transfer or fine-tuned model); label smoothing. Test never takes part."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from tests.helpers.models import calibrated_base
+from tests.helpers.project import plant_features, prepare_project
+from warmstart.config.params import Params
+from warmstart.data.records import Manifest
+from warmstart.inference.candidate import choose_candidate
+from warmstart.inference.recorded import read_predictions
+from warmstart.layout import MODEL_FILE, TEST, VALIDATION
+from warmstart.modeling.feature_cache import load_features
+from warmstart.modeling.model import (
+    SmoothedSparseCrossentropy,
+    compile_model,
+    head_model,
+    load_model,
+)
+from warmstart.modeling.stopping import Stopping
+from warmstart.modeling.training import record_predictions
+from warmstart.stages.evaluate import run_evaluate
+from warmstart.stages.export import run_export
+from warmstart.stages.gate import judged_figures
+from warmstart.stages.transfer import run_transfer
+
+
+def rows(*values: float, key: str = "val_loss") -> list[dict]:
+    return [{"epoch": i + 1, key: v} for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize(("history", "patience", "kept", "stops_at"), [
+    (rows(0.9, 0.5, 0.6, 0.7), 2, 2, 4),      # best at 2, two worse epochs: stop
+    (rows(0.9, 0.5, 0.5, 0.7), 2, 2, 4),      # a tie is not better: the earlier is kept
+    (rows(0.9, 0.5, 0.6, 0.4), 2, 4, None),   # improves again in time
+    (rows(0.9, 0.5, 0.6, 0.7), None, 4, None),  # no patience: every epoch, the last kept
+])
+def test_stopping_keeps_the_best_epoch_and_stops_after_patience(
+        history: list[dict], patience: int | None, kept: int, stops_at: int | None) -> None:
+    stopping = Stopping("val_loss", patience)
+    assert stopping.kept_row(history)["epoch"] == kept
+    stopped = [row["epoch"] for i, row in enumerate(history)
+               if stopping.should_stop(history[:i + 1])]
+    assert (stopped[0] if stopped else None) == stops_at
+
+
+def test_stopping_on_accuracy_prefers_higher() -> None:
+    stopping = Stopping("val_accuracy", 1)
+    history = rows(0.5, 0.8, 0.7, key="val_accuracy")
+    assert stopping.kept_row(history)["epoch"] == 2 and stopping.should_stop(history)
+
+
+def test_smoothed_sparse_crossentropy_is_keras_crossentropy_at_zero_and_smooths() -> None:
+    labels = np.array([0, 2, 1])
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.6, 0.1]], np.float32)
+    plain = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
+    assert float(SmoothedSparseCrossentropy(3, 0.0)(labels, probabilities)) == \
+        pytest.approx(float(plain), rel=1e-6)
+    smoothed = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(
+        keras.ops.one_hot(labels, 3), probabilities)
+    assert float(SmoothedSparseCrossentropy(3, 0.1)(labels, probabilities)) == \
+        pytest.approx(float(smoothed), rel=1e-6)
+
+
+def evaluation(transfer: float, finetune: float) -> dict:
+    return {model: {VALIDATION: {"accuracy": value, "loss": 1 - value}, TEST: {"accuracy": 0.0}}
+            for model, value in (("transfer", transfer), ("finetune", finetune))}
+
+
+@pytest.mark.parametrize(("transfer", "finetune", "metric", "chosen"), [
+    (0.90, 0.93, "accuracy", "finetune"),
+    (0.93, 0.90, "accuracy", "transfer"),
+    (0.93, 0.93, "accuracy", "transfer"),     # a tie goes to the simpler model
+    (0.90, 0.93, "loss", "finetune"),         # loss: lower is better (1 - value here)
+])
+def test_candidate_is_the_better_model_on_validation(transfer: float, finetune: float,
+                                                     metric: str, chosen: str) -> None:
+    candidate = choose_candidate(evaluation(transfer, finetune), metric)
+    assert candidate["model"] == chosen and candidate["split"] == VALIDATION
+    assert ("tie" in candidate["reason"]) == (transfer == finetune)
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory: pytest.TempPathFactory) -> Params:
+    """Transfer with early stopping and a learning rate chosen from two, on planted features:
+    separable training blobs, a validation split with a third of its labels contradicting
+    them, so the validation loss bottoms out early and then rises."""
+    params = prepare_project(tmp_path_factory.mktemp("stopping"), upto="features",
+                             train={"monitor": "val_loss"},
+                             transfer={"epochs": 40, "patience": 3, "learning_rate": "auto",
+                                       "learning_rates": [0.001, 0.05]})
+    plant_features(params, contradicted=1 / 3)
+    run_transfer(params)
+    return params
+
+
+def kept_head(params: Params) -> keras.Model:
+    """The saved transfer model's head, on cached (planted) features."""
+    model = load_model(params.path("transfer_model") / MODEL_FILE)
+    head = head_model(model.get_layer("head_dense").input.shape[-1],
+                      [model.get_layer("head_dropout"), model.get_layer("head_dense")])
+    compile_model(head, 2, 0.01, params.train.label_smoothing)
+    return head
+
+
+def test_early_stopping_keeps_the_best_validation_epoch(stopped: Params) -> None:
+    metrics = json.loads(stopped.path("transfer_metrics").read_text())
+    assert metrics["kept_epoch"] < metrics["epochs"] < 40, metrics
+    with stopped.path("transfer_history").open() as handle:
+        history = {int(row["epoch"]): row for row in csv.DictReader(handle)}
+    kept, last = history[metrics["kept_epoch"]], history[metrics["epochs"]]
+    assert metrics["epochs"] - metrics["kept_epoch"] == stopped.transfer.patience
+    assert all(float(kept["val_loss"]) <= float(r["val_loss"]) for r in history.values())
+    assert metrics[VALIDATION]["loss"] == pytest.approx(float(kept["val_loss"]), abs=1e-6)
+    # The saved model IS the kept epoch's: its validation loss is that epoch's, not the last's.
+    features, labels = load_features(stopped.path("features"), VALIDATION)
+    loss = kept_head(stopped).evaluate(features, labels, batch_size=8, verbose=0,
+                                       return_dict=True)["loss"]
+    assert loss == pytest.approx(float(kept["val_loss"]), abs=1e-5)
+    assert abs(loss - float(last["val_loss"])) > 1e-3
+
+
+def test_learning_rate_search_is_recorded_and_ignores_the_test_split(stopped: Params) -> None:
+    """Scrambling the test split's cached features and labels changes nothing in the choice."""
+    metrics = json.loads(stopped.path("transfer_metrics").read_text())
+    search = metrics["learning_rate_search"]
+    assert search["split"] == VALIDATION and len(search["trials"]) == 2
+    best = min(search["trials"], key=lambda t: t["val_loss"])
+    assert metrics["learning_rate"] == best["learning_rate"]
+    assert search["trials"][0]["val_loss"] != search["trials"][1]["val_loss"]
+    features = stopped.path("features") / f"{TEST}.npz"
+    original = features.read_bytes()
+    try:
+        with np.load(features) as data:
+            rng = np.random.default_rng(0)
+            np.savez(features, features=rng.normal(size=data["features"].shape) * 100,
+                     labels=1 - data["labels"])
+        run_transfer(stopped)
+        again = json.loads(stopped.path("transfer_metrics").read_text())
+        assert again["learning_rate_search"] == search
+        assert again[VALIDATION] == metrics[VALIDATION]
+    finally:
+        features.write_bytes(original)
+        run_transfer(stopped)
+
+
+@pytest.fixture(scope="module")
+def worse_finetune(tmp_path_factory: pytest.TempPathFactory) -> Params:
+    """A finished tiny run (a calibrated random base: its features carry the colours) whose
+    fine-tuned model is worse on validation than the transfer model: its recorded predictions
+    are the transfer model's inverted, as a wrecked fine-tune would leave them."""
+    root = tmp_path_factory.mktemp("worse")
+    weights = root / "base.weights.h5"
+    calibrated_base().save_weights(weights)
+    params = prepare_project(root, upto="finetune", skip_validation=True,
+                             base={"weights": str(weights)}, transfer={"epochs": 30})
+    transfer = read_predictions(params.path("transfer_predictions"))
+    inverted = {split: 1.0 - transfer[split].probabilities[:, 1:] for split in (VALIDATION, TEST)}
+    record_predictions(params.path("finetune_predictions"), Manifest.read(
+        params.path("processed")), inverted)
+    run_evaluate(params)
+    return params
+
+
+def test_transfer_is_the_candidate_when_finetuning_is_worse_on_validation(
+        worse_finetune: Params) -> None:
+    results = json.loads(worse_finetune.path("evaluate_metrics").read_text())
+    candidate = results["candidate"]
+    assert results["finetune"][VALIDATION]["accuracy"] < results["transfer"][VALIDATION][
+        "accuracy"], "the fixture should make fine-tuning worse"
+    assert candidate["model"] == "transfer" and candidate["split"] == VALIDATION
+    exported = run_export(worse_finetune)
+    assert exported["candidate"] == "transfer"
+    assert exported["artefacts"]["recorded_predictions"]["model"] == "transfer"
+    assert (worse_finetune.path("export_model") / MODEL_FILE).read_bytes() == \
+        (worse_finetune.path("transfer_model") / MODEL_FILE).read_bytes()
+    candidate, _ = judged_figures(worse_finetune.path("evaluate_metrics"))
+    assert candidate["model"] == "transfer" and candidate["split"] == TEST
+    assert candidate["accuracy"] == results["transfer"][TEST]["accuracy"]
+    assert "validation accuracy" in candidate["chosen_because"]
+
+
+def test_evaluate_records_the_candidate_choice(worse_finetune: Params) -> None:
+    results = run_evaluate(worse_finetune)
+    assert set(results["candidate"]["figures"]) == {"transfer", "finetune"}
+    assert results["candidate"]["metric"] == worse_finetune.evaluate.select_on
+
+
+def test_the_flow_artifact_says_which_model_is_the_candidate_and_why(
+        worse_finetune: Params) -> None:
+    from tasks.report import candidate_markdown
+
+    text = candidate_markdown(worse_finetune.path("evaluate_metrics"))
+    assert "The **transfer** model: validation accuracy" in text
+    assert "No candidate yet" in candidate_markdown(worse_finetune.root / "missing.json")

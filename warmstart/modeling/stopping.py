@@ -1,0 +1,66 @@
+"""Early stopping on a validation figure, with the best epoch's weights kept.
+
+One rule for every training loop (the stages' resumable fits and the learning-rate trials), as
+pure functions of the history rows, so a fit resumed after a crash takes the same decisions as an
+uninterrupted one: an epoch is *better* only when strictly better than every earlier one (ties keep
+the earlier, simpler model); training stops once ``patience`` epochs in a row were not better; the
+kept epoch is the best one. Without ``patience`` every epoch runs and the last is kept (the
+tutorial's fixed schedule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from warmstart.config.params import TrainParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopping:
+    """``monitor``: a history key (``val_loss``: lower is better, ``val_accuracy``: higher)."""
+
+    monitor: str
+    patience: int | None
+
+    @classmethod
+    def of(cls, train: TrainParams, patience: int | None) -> Stopping:
+        return cls(train.monitor, patience)
+
+    def score(self, row: dict) -> float:
+        """The monitored figure, oriented so that larger is better."""
+        value = float(row[self.monitor])
+        return -value if self.monitor.endswith("loss") else value
+
+    def best_row(self, rows: list[dict]) -> dict:
+        """The first row with the best monitored figure."""
+        best = rows[0]
+        for row in rows[1:]:
+            if self.score(row) > self.score(best):
+                best = row
+        return best
+
+    def kept_row(self, rows: list[dict]) -> dict:
+        """The epoch whose weights the stage keeps: the best one, or the last without patience."""
+        return rows[-1] if self.patience is None else self.best_row(rows)
+
+    def should_stop(self, rows: list[dict]) -> bool:
+        if self.patience is None or not rows:
+            return False
+        return int(rows[-1]["epoch"]) - int(self.best_row(rows)["epoch"]) >= self.patience
+
+
+class StopOnPlateau(keras.callbacks.Callback):
+    """:class:`Stopping` for a fit that is not backed up (a learning-rate trial): the history
+    rows it saw, and ``stop_training`` once the rule says so."""
+
+    def __init__(self, stopping: Stopping) -> None:
+        super().__init__()
+        self.stopping = stopping
+        self.rows: list[dict] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.rows.append({"epoch": epoch + 1, **(logs or {})})
+        if self.stopping.should_stop(self.rows):
+            self.model.stop_training = True
