@@ -65,6 +65,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--variants", default="tutorial,default",
                         help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--max-finetune-epochs", type=int, default=None,
+                        help="cap finetune.epochs of the variants that set it (not tutorial)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/warmstart-study"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     return parser.parse_args()
@@ -117,6 +119,14 @@ def prepared(args: argparse.Namespace, log: Path) -> tuple[Path, dict]:
     seconds = {name: round(stage(project, name, log), 1) for name in PREPARE}
     marker.write_text(json.dumps(seconds))
     return project, seconds
+
+
+def capped(overrides: dict, epochs: int | None) -> dict:
+    """``overrides`` with finetune.epochs at most ``epochs`` (the study's time budget)."""
+    result = json.loads(json.dumps(overrides))
+    if epochs is not None and "epochs" in result.get("finetune", {}):
+        result["finetune"]["epochs"] = min(result["finetune"]["epochs"], epochs)
+    return result
 
 
 def merged(base: dict, overrides: dict) -> dict:
@@ -201,7 +211,7 @@ def report(args: argparse.Namespace, prepare: dict, rows: dict[str, dict]) -> st
              "| finetune test | candidate test | head lr | epochs kept/run | seconds |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        overrides = "; ".join(f"{s}.{k}={v}" for s, values in VARIANTS[name].items()
+        overrides = "; ".join(f"{s}.{k}={v}" for s, values in row["overrides"].items()
                               for k, v in values.items()) or "(params.yaml)"
         lines.append(
             f"| {name} | {overrides} | {row['transfer_validation']:.4f} | "
@@ -225,7 +235,9 @@ def main() -> None:
     done: dict[str, Path] = {}
     rows = {}
     for name in names:
-        rows[name] = run_variant(project, name, VARIANTS[name], done, log)
+        overrides = capped(VARIANTS[name], args.max_finetune_epochs if name != "tutorial" else None)
+        rows[name] = run_variant(project, name, overrides, done, log)
+        rows[name]["overrides"] = overrides
         print(name, json.dumps(rows[name]), flush=True)
     stem = f"finetune_study_{args.dataset.stem}_{args.image_size}"
     text = report(args, prepare, rows)
@@ -233,7 +245,7 @@ def main() -> None:
     (args.out / f"{stem}.md").write_text(text)
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"dataset": args.dataset.name, "image_size": args.image_size, "prepare": prepare,
-         "variants": {n: {"overrides": VARIANTS[n], **rows[n]} for n in rows}}, indent=2))
+         "variants": rows}, indent=2))
     print(text)
 
 

@@ -23,7 +23,8 @@ from tf_keras.preprocessing.image import ImageDataGenerator  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="folder holding train/ and validation/")
+    parser.add_argument("--data", required=True,
+                        help="folder holding train/, validation/ and optionally test/")
     parser.add_argument("--weights", required=True, help="MobileNetV2 no-top .h5 weights")
     parser.add_argument("--json", required=True, help="where to write the summary")
     parser.add_argument("--image-size", type=int, default=128)
@@ -50,10 +51,25 @@ def generators(args: argparse.Namespace):
     return train, validation
 
 
+def test_generator(args: argparse.Namespace):
+    """The held-out test/ folder, when the data has one (warmstart's ingested splits do)."""
+    folder = os.path.join(args.data, "test")
+    if not os.path.isdir(folder):
+        return None
+    return ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(
+        folder, target_size=(args.image_size, args.image_size), batch_size=args.batch_size,
+        class_mode="binary", shuffle=False)
+
+
+def test_accuracy(model, test) -> float | None:
+    return None if test is None else float(model.evaluate(test, verbose=0)[1])
+
+
 def main() -> None:
     args = parse_args()
     keras.utils.set_random_seed(args.seed)
     train, validation = generators(args)
+    test = test_generator(args)
     base = keras.applications.MobileNetV2(
         input_shape=(args.image_size, args.image_size, 3), include_top=False, alpha=args.alpha,
         weights=args.weights)
@@ -65,6 +81,7 @@ def main() -> None:
     start = time.perf_counter()
     first = model.fit(train, epochs=args.epochs, validation_data=validation, verbose=2)
     transfer_s = time.perf_counter() - start
+    transfer_test = test_accuracy(model, test)
 
     base.trainable = True
     for layer in base.layers[:args.fine_tune_at]:
@@ -79,6 +96,8 @@ def main() -> None:
         "transfer_seconds": transfer_s, "finetune_seconds": finetune_s,
         "transfer_val_accuracy": first.history["val_accuracy"][-1],
         "finetune_val_accuracy": second.history["val_accuracy"][-1],
+        "transfer_test_accuracy": transfer_test,
+        "finetune_test_accuracy": test_accuracy(model, test),
         "train_images": train.samples, "validation_images": validation.samples,
         "settings": vars(args),
     }

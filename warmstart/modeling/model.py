@@ -151,7 +151,7 @@ def unfreeze_from(base: keras.Model, fine_tune_at: int) -> int:
     BatchNorm layers stay frozen, which in Keras 3 keeps them in inference mode. The
     ``training=False`` the classifier passes to the base is NOT enough: Keras 3.3 lets an outer
     ``fit`` (training=True) override it, so trainable BatchNorm layers would use batch
-    statistics and update their moving averages (``tests/test_model.py`` guards this).
+    statistics and update their moving averages (``tests/test_stages.py`` guards this).
     """
     if fine_tune_at >= len(base.layers):
         raise ModelError(f"finetune.fine_tune_at={fine_tune_at} but the base has only "
