@@ -240,8 +240,11 @@ def main() -> None:
         rows[name]["overrides"] = overrides
         print(name, json.dumps(rows[name]), flush=True)
     stem = f"finetune_study_{args.dataset.stem}_{args.image_size}"
-    text = report(args, prepare, rows)
     args.out.mkdir(parents=True, exist_ok=True)
+    earlier = args.out / f"{stem}.json"
+    if earlier.is_file():  # a study run piecewise: earlier variants stay in the table
+        rows = {**json.loads(earlier.read_text())["variants"], **rows}
+    text = report(args, prepare, rows)
     (args.out / f"{stem}.md").write_text(text)
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"dataset": args.dataset.name, "image_size": args.image_size, "prepare": prepare,
