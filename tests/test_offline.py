@@ -22,7 +22,8 @@ def test_imagenet_weights_that_cannot_be_downloaded_name_base_weights(
         raise Exception(OFFLINE)  # noqa: TRY002 - what Keras itself raises
 
     monkeypatch.setattr(mobilenet_v2.file_utils, "get_file", unreachable)
-    variant = BaseParams(alpha=0.35, weights="imagenet", sha256=None)
+    variant = BaseParams(architecture="MobileNetV2", alpha=0.35, weights="imagenet",
+                         sha256=None)
     with pytest.raises(ModelError, match=r"base.weights is `imagenet`.*could not download.*"
                        r"Name or service not known.*local Keras weights file"):
         build_base(96, variant, tmp_path)
@@ -35,4 +36,5 @@ def test_other_keras_failures_are_not_disguised_as_download_failures(
 
     monkeypatch.setattr(mobilenet_v2.file_utils, "get_file", broken)
     with pytest.raises(RuntimeError, match="something else"):
-        build_base(96, BaseParams(alpha=0.35, weights="imagenet", sha256=None), tmp_path)
+        build_base(96, BaseParams(architecture="MobileNetV2", alpha=0.35, weights="imagenet",
+                                  sha256=None), tmp_path)

@@ -8,7 +8,10 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, tiny_params
-from warmstart.config.params import MOBILENET_V2_LAYERS, ParamsError, load_params, params_from_dict
+from warmstart.config.params import ParamsError, load_params, params_from_dict
+from warmstart.modeling.backbones import BACKBONES
+
+MOBILENET_V2_LAYERS = BACKBONES["MobileNetV2"].layers
 
 
 def load(tmp_path: Path, params: dict):
@@ -21,6 +24,7 @@ def test_repo_defaults_keep_the_tutorial_model_and_choose_its_schedule_on_valida
     """The tutorial's model, size and cut; its fixed head schedule (1e-4, 50 epochs) is one of
     the candidates the learning-rate search tries, within the epoch budget."""
     params = load_params(REPO / "params.yaml")
+    assert params.base.architecture == "MobileNetV2"
     assert params.base.alpha == 1.0 and params.base.weights == "imagenet"
     assert params.preprocess.image_size == 128 and params.train.batch_size == 128
     assert params.transfer.learning_rate == "auto" and 1e-4 in params.transfer.learning_rates
@@ -132,7 +136,7 @@ def test_url_source_is_accepted_without_network(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("alpha", [0.35, 1.0])
-def test_layer_count_constant_matches_keras(alpha: float) -> None:
+def test_mobilenet_v2_layer_count_does_not_depend_on_alpha(alpha: float) -> None:
     import keras
 
     base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,

@@ -17,9 +17,6 @@ from pydantic import TypeAdapter, ValidationError, model_validator
 
 from warmstart.config.messages import ParamsError, params_error, unknown_key
 from warmstart.config.sections import (
-    IMAGENET_ALPHAS,
-    IMAGENET_SIZES,
-    MOBILENET_V2_LAYERS,
     AugmentParams,
     BaseParams,
     DataParams,
@@ -38,9 +35,10 @@ from warmstart.config.sections import (
     is_url,
     section,
 )
+from warmstart.modeling.backbones import BACKBONES
 
 __all__ = [
-    "DEFAULT_PARAMS_FILE", "MOBILENET_V2_LAYERS", "SECTIONS", "AugmentParams", "BaseParams",
+    "DEFAULT_PARAMS_FILE", "SECTIONS", "AugmentParams", "BaseParams",
     "DataParams", "EvaluateParams", "ExportParams", "FinetuneParams", "GateParams", "HeadParams",
     "OrchestrationParams", "Params", "ParamsError", "PathsParams", "PreprocessParams",
     "TrainParams", "TransferParams", "ValidateParams", "as_dict", "is_url", "load_params",
@@ -75,17 +73,37 @@ class Params:
         return self.root / getattr(self.paths, key)
 
     @model_validator(mode="after")
+    def _check_base_fits(self) -> Params:
+        """The image size and the cut fit the base (three sections: known once all are read)."""
+        family = BACKBONES[self.base.architecture]
+        if self.preprocess.image_size < family.min_size:
+            raise invalid(f"is {self.preprocess.image_size}",
+                          f"{family.name} needs inputs of at least {family.min_size} pixels.",
+                          key="preprocess.image_size")
+        at = self.finetune.fine_tune_at
+        if type(at) is int and at >= family.layers:
+            raise invalid(f"is {at}, outside the base's layers", (
+                f"{family.name} without its top has {family.layers} layers: use 0 to "
+                f"{family.layers - 1}, a layer name (e.g. {family.layer_100!r}, layer 100) or "
+                "a fraction of the layers in (0, 1)."), key="finetune.fine_tune_at")
+        return self
+
+    @model_validator(mode="after")
     def _check_imagenet_variant(self) -> Params:
         """Keras downloads imagenet weights only for some alphas and sizes (two sections)."""
+        family = BACKBONES[self.base.architecture]
         if self.base.weights != "imagenet":
             return self
-        if self.base.alpha not in IMAGENET_ALPHAS:
-            raise invalid(f"is {self.base.alpha}; Keras has no imagenet weights for it",
-                          f"Use one of {IMAGENET_ALPHAS}.", key="base.alpha")
-        if self.preprocess.image_size not in IMAGENET_SIZES:
+        if family.has_alpha and self.base.alpha not in family.imagenet_alphas:
+            raise invalid(f"is {self.base.alpha}; Keras has no imagenet weights of "
+                          f"{family.name} for it", f"Use one of {family.imagenet_alphas}.",
+                          key="base.alpha")
+        sizes = family.imagenet_sizes
+        if sizes is not None and self.preprocess.image_size not in sizes:
             raise invalid(
-                f"is {self.preprocess.image_size}; Keras has no imagenet weights for it",
-                f"Use one of {IMAGENET_SIZES} or a weights file.", key="preprocess.image_size")
+                f"is {self.preprocess.image_size}; Keras has no imagenet weights of "
+                f"{family.name} for it", f"Use one of {sizes} or a weights file.",
+                key="preprocess.image_size")
         return self
 
 

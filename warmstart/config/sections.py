@@ -19,6 +19,7 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -30,13 +31,8 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
 from warmstart.layout import SPLITS, STAT_FEATURES
+from warmstart.modeling.backbones import ARCHITECTURES, BACKBONES, NO_ALPHA
 
-#: Number of layers of ``keras.applications.MobileNetV2(include_top=False)`` for every alpha
-#: and input size (checked against Keras by ``tests/test_params.py``).
-MOBILENET_V2_LAYERS = 154
-#: The alphas and input sizes for which Keras publishes ``weights="imagenet"`` MobileNetV2 files.
-IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
-IMAGENET_SIZES = (96, 128, 160, 192, 224)
 WEIGHTS_KEYWORDS = ("imagenet", "none")
 
 #: Frozen, and an unknown key is an error. Strictness is per field (``Strict*``): a strict config
@@ -265,13 +261,17 @@ class ValidateParams:
 
 @section
 class PreprocessParams:
-    image_size: Annotated[StrictInt, Field(ge=32),
-                          Fix("MobileNetV2 needs inputs of at least 32 pixels.")]
+    #: At least the base's minimum input size (checked by ``Params``, which knows the base).
+    image_size: PositiveInt
     shard_size: PositiveInt
 
 
 @section
 class BaseParams:
+    """The frozen base: which ``keras.applications`` family (``modeling/backbones.py``), its
+    width and its weights."""
+
+    architecture: Literal[ARCHITECTURES]
     alpha: Annotated[StrictFloat, Field(gt=0), Fix("Use a width multiplier > 0.")]
     weights: StrictStr
     sha256: Annotated[Sha256 | None, Fix("Give the weights file's `sha256sum` or null.")]
@@ -281,6 +281,16 @@ class BaseParams:
         return None if self.weights in WEIGHTS_KEYWORDS else root / self.weights
 
     @model_validator(mode="after")
+    def _check_alpha(self) -> BaseParams:
+        """Only MobileNets have a width multiplier: another alpha must not pass unnoticed."""
+        if not BACKBONES[self.architecture].has_alpha and self.alpha != NO_ALPHA:
+            with_alpha = [name for name, family in BACKBONES.items() if family.has_alpha]
+            raise invalid(f"is {self.alpha}, but {self.architecture} has no width multiplier",
+                          f"Set base.alpha: {NO_ALPHA} (alpha applies to "
+                          f"{', '.join(with_alpha)} only).", key="alpha")
+        return self
+
+    @model_validator(mode="after")
     def _check_weights_file(self, info: ValidationInfo) -> BaseParams:
         """A weights path names an existing file: a typo must not mean random weights."""
         root = project_root(info)
@@ -288,8 +298,8 @@ class BaseParams:
         if path is not None and not path.is_file():
             raise invalid(
                 f"points to {path}, which is not a file", "Give an existing Keras "
-                ".h5/.weights.h5 file of MobileNetV2 without its top, `imagenet` to download it, "
-                "or `none` for random weights (tests only).", key="weights")
+                f".h5/.weights.h5 file of {self.architecture} without its top, `imagenet` to "
+                "download it, or `none` for random weights (tests only).", key="weights")
         return self
 
 
@@ -331,11 +341,30 @@ class TransferParams:
     patience: Patience
 
 
+FINE_TUNE_AT_FIX = ("Give a layer index (0 up to the base's layer count - 1), a layer name "
+                    "of the base or a fraction of its layers in (0, 1), e.g. 100, "
+                    "'block_11_expand_relu' or 0.65.")
+
+
+def _fine_tune_at(value: object) -> int | float | str:
+    """The three forms of ``finetune.fine_tune_at``; the base's own range and names are checked
+    where the base is known (``Params`` for the layer count, the stages for the names)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise invalid(f"is {value!r} ({type(value).__name__})", FINE_TUNE_AT_FIX)
+    if isinstance(value, int) and value < 0:
+        raise invalid(f"is {value}, outside the base's layers", FINE_TUNE_AT_FIX)
+    if isinstance(value, float) and not 0 < value < 1:
+        raise invalid(f"is {value}, not a fraction of the base's layers in (0, 1)",
+                      FINE_TUNE_AT_FIX)
+    if isinstance(value, str) and not value.strip():
+        raise invalid("is an empty layer name", FINE_TUNE_AT_FIX)
+    return value
+
+
 @section
 class FinetuneParams:
-    fine_tune_at: Annotated[StrictInt, Field(ge=0, lt=MOBILENET_V2_LAYERS), Fix(
-        f"MobileNetV2 without top has {MOBILENET_V2_LAYERS} layers: use 0 to "
-        f"{MOBILENET_V2_LAYERS - 1}.", detail=", outside the base's layers")]
+    #: A layer index (int), a layer name of the base (str) or a fraction of its layers (float).
+    fine_tune_at: Annotated[int | float | str, PlainValidator(_fine_tune_at)]
     epochs: Annotated[StrictInt, Field(ge=0), Fix("Use 0 or more epochs.")]
     learning_rate: PositiveFloat
     patience: Patience

@@ -39,12 +39,16 @@ def data_digest(manifest: Manifest) -> str:
 
 
 def weights_digest(layers: list[keras.layers.Layer]) -> str:
-    """sha256 over every weight (trainable or not: BatchNorm statistics too) of ``layers``."""
+    """sha256 over every weight (trainable or not: BatchNorm statistics too) of ``layers``.
+
+    A weight is named by its layer and its position there, not by its own name: an unnamed
+    weight (ConvNeXt's LayerScale ``gamma``) gets a process-wide counter as its name
+    (``variable_18``), different once the model is saved and loaded again."""
     digest = hashlib.sha256()
     for layer in layers:
-        for weight in layer.weights:
+        for index, weight in enumerate(layer.weights):
             value = keras.ops.convert_to_numpy(weight)
-            digest.update(f"{layer.name}/{weight.name}:{value.dtype}:{value.shape}".encode())
+            digest.update(f"{layer.name}/{index}:{value.dtype}:{value.shape}".encode())
             digest.update(value.tobytes())
     return digest.hexdigest()
 

@@ -3,8 +3,9 @@
 Written by the ``features`` stage into ``paths.features``: ``base.keras`` (the exact base the
 features came from: the transfer stage builds its classifier on it), ``<split>.npz`` (pooled
 ``features``, ``labels``) and ``features.json`` (counts, timings and the cache key: data, image
-size, alpha, weights file hash, base weights). The key also catches a weights file rewritten in
-place under the same path, which DVC cannot see; the transfer stage refuses a stale cache.
+size, architecture, alpha, weights file hash, base weights). The key also catches a weights file
+rewritten in place under the same path, which DVC cannot see; the transfer stage refuses a stale
+cache.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def features_key(manifest: Manifest, base: keras.Model, variant: BaseParams, roo
     """What the features depend on: data, image size, base variant, weights file and values."""
     path = variant.weights_path(root)
     return {"data": data_digest(manifest), "image_size": manifest.image_size,
-            "alpha": variant.alpha, "weights": "file" if path else variant.weights,
+            "architecture": variant.architecture, "alpha": variant.alpha,
+            "weights": "file" if path else variant.weights,
             "weights_sha256": sha256_of(path) if path else None,
             "base_weights": weights_digest(base.layers)}
 

@@ -1,8 +1,10 @@
-"""The classifier: MobileNetV2 base (ImageNet weights) + GlobalAveragePooling + Dense head.
+"""The classifier: a frozen ``base.architecture`` base + GlobalAveragePooling + Dropout + Dense.
 
-The saved model takes raw 0-255 RGB pixels: the scaling MobileNetV2 expects ([-1, 1]) is a
-layer inside the model. The base is called with ``training=False`` and its BatchNorm layers are
-never trainable, so they stay in inference mode, also while fine-tuning.
+The saved model takes raw 0-255 RGB pixels: the input scaling the family expects is part of the
+model, either a ``scale_to_unit`` layer in front of the base or the family's own preprocessing
+layers inside it (``modeling/backbones.py``). The base is called with ``training=False``; its
+BatchNorm layers are never trainable and its dropout is off, so it stays in inference mode, also
+while fine-tuning.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from pathlib import Path
 import keras
 
 from warmstart.atomic import atomic_path
-from warmstart.config.params import BaseParams
+from warmstart.config.params import BaseParams, ParamsError
 from warmstart.errors import WarmstartError
 from warmstart.hashing import sha256_of
+from warmstart.modeling.backbones import BACKBONES, Backbone
+
+#: ``finetune.fine_tune_at`` as params.yaml holds it: a layer index, a layer name or a fraction.
+FineTuneAt = int | float | str
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +50,68 @@ def resolve_weights(base: BaseParams, root: Path) -> str | None:
 
 
 def build_base(image_size: int, base: BaseParams, root: Path) -> keras.Model:
-    """MobileNetV2 without its top, frozen. A wrong weights file fails loudly."""
+    """The ``base.architecture`` family without its top, frozen, dropout off. A wrong weights
+    file fails loudly."""
+    family = BACKBONES[base.architecture]
     weights = resolve_weights(base, root)
+    model = construct(family, image_size, base.alpha, weights)
+    without_dropout(model)
+    model.trainable = False
+    return model
+
+
+def construct(family: Backbone, image_size: int, alpha: float, weights: str | None
+              ) -> keras.Model:
+    """Call the family's ``keras.applications`` constructor; Keras' failures say what to fix."""
+    options = {"alpha": alpha} if family.has_alpha else {}
+    variant = f"{family.name}(alpha={alpha})" if family.has_alpha else family.name
     try:
-        model = keras.applications.MobileNetV2(
-            input_shape=(image_size, image_size, 3), include_top=False, alpha=base.alpha,
-            weights=weights)
+        return getattr(keras.applications, family.name)(
+            input_shape=(image_size, image_size, 3), include_top=False, weights=weights,
+            **options)
     except (ValueError, OSError) as exc:
-        raise ModelError(f"Could not load MobileNetV2(alpha={base.alpha}) weights from "
-                         f"{weights}: {exc}. Check base.weights and base.alpha match.") from exc
+        reason = str(exc).split("\n\n")[0].rstrip(":")  # not Keras' list of every layer
+        raise ModelError(f"Could not load {variant} weights from {weights}: {reason}. Check that "
+                         f"base.weights holds {family.name} weights without the top (and "
+                         "base.architecture and base.alpha match the file).") from exc
     except Exception as exc:  # Keras' download (get_file) raises a bare Exception
         if weights != "imagenet" or "URL fetch failure" not in str(exc):
             raise
         raise ModelError(f"base.weights is `imagenet`, but Keras could not download the ImageNet "
-                         f"weights of MobileNetV2(alpha={base.alpha}) at {image_size} px: {exc}. "
-                         "Without internet, point base.weights at a local Keras weights file of "
-                         "MobileNetV2 without its top, e.g. `dvc exp run -S base.weights="
-                         "path/to/mobilenet_v2_1.0_224_no_top.h5`.") from exc
-    model.trainable = False
-    return model
+                         f"weights of {variant} at {image_size} px: {exc}. Without internet, "
+                         f"point base.weights at a local Keras weights file of {family.name} "
+                         "without its top (e.g. one saved by `model.save_weights` on a machine "
+                         "with internet): `dvc exp run -S base.weights=path/to/"
+                         f"{family.name.lower()}_no_top.weights.h5`.") from exc
+
+
+def without_dropout(base: keras.Model) -> None:
+    """Set every dropout rate inside ``base`` to 0 (EfficientNetV2's stochastic depth).
+
+    The base runs in inference mode, where dropout is off anyway, but Keras 3.3 lets an outer
+    ``fit`` (training=True) override the ``training=False`` the classifier passes to the base
+    (``unfreeze_from``), also for frozen layers: the cached features would then no longer be
+    what training the whole classifier computes. A rate of 0 is inference mode for good.
+    """
+    for layer in sublayers(base):
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+
+
+def sublayers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``, those of nested models too (ConvNeXt nests Sequentials)."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(sublayers(layer))
+    return found
+
+
+def family_of(base: keras.Model) -> Backbone | None:
+    """The family a (nested) model was built from, by the name Keras gives it; None for others."""
+    return next((family for family in BACKBONES.values()
+                 if base.name.startswith(family.model_name)), None)
 
 
 def head_layers(num_classes: int, dropout: float) -> list[keras.layers.Layer]:
@@ -73,15 +122,24 @@ def head_layers(num_classes: int, dropout: float) -> list[keras.layers.Layer]:
 
 
 def scale_to_unit() -> keras.layers.Layer:
-    """0-255 pixels -> [-1, 1], the range MobileNetV2 was trained on."""
+    """0-255 pixels -> [-1, 1], the range MobileNetV2 and ResNet50V2 were trained on."""
     return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit")
 
 
+def base_input(base: keras.Model, pixels: keras.KerasTensor) -> keras.KerasTensor:
+    """Raw 0-255 pixels as ``base`` takes them: scaled to [-1, 1] by a ``scale_to_unit`` layer
+    for the families without preprocessing of their own, as they are for the others."""
+    family = family_of(base)
+    if family is None:
+        raise ModelError(f"{base.name!r} is no base of warmstart's families")
+    return scale_to_unit()(pixels) if family.scaling == "unit" else pixels
+
+
 def pooled_features(base: keras.Model) -> keras.Model:
-    """Raw pixels -> [-1, 1] -> frozen base -> global average pool: the head's input."""
+    """Raw pixels -> the base's input scaling -> frozen base -> global average pool: the head's
+    input."""
     inputs = keras.Input(shape=base.input_shape[1:], name="image")
-    scaled = scale_to_unit()(inputs)
-    features = base(scaled, training=False)
+    features = base(base_input(base, inputs), training=False)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     return keras.Model(inputs, pooled, name="features")
 
@@ -138,28 +196,63 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
 
 def find_base(model: keras.Model) -> keras.Model:
-    """The MobileNetV2 sub-model inside a classifier."""
+    """The base sub-model (of any family in ``modeling/backbones.py``) inside a classifier."""
     for layer in model.layers:
-        if isinstance(layer, keras.Model) and layer.name.startswith("mobilenetv2"):
+        if isinstance(layer, keras.Model) and family_of(layer) is not None:
             return layer
-    raise ModelError(f"Model {model.name!r} has no MobileNetV2 base; was it made by warmstart?")
+    raise ModelError(f"Model {model.name!r} has no base of warmstart's families "
+                     f"({', '.join(BACKBONES)}); was it made by warmstart?")
 
 
-def unfreeze_from(base: keras.Model, fine_tune_at: int) -> int:
+def fine_tune_index(base: keras.Model, fine_tune_at: FineTuneAt) -> int:
+    """``finetune.fine_tune_at`` as a layer index of ``base``: an index stays as it is, a layer
+    name gives that layer's index, a fraction f in (0, 1) gives ``round(f * len(base.layers))``.
+
+    The one place the three forms are resolved (the range checks need the built base)."""
+    count = len(base.layers)
+    if isinstance(fine_tune_at, str):
+        names = [layer.name for layer in base.layers]
+        if fine_tune_at not in names:
+            raise _bad_cut(base, f"is {fine_tune_at!r}, which names no layer of the "
+                           f"{base.name} base")
+        return names.index(fine_tune_at)
+    index = round(fine_tune_at * count) if isinstance(fine_tune_at, float) else fine_tune_at
+    if not 0 <= index < count:
+        raise _bad_cut(base, f"is {fine_tune_at!r}, layer {index}: outside the layers of the "
+                       f"{base.name} base")
+    return index
+
+
+def _bad_cut(base: keras.Model, problem: str) -> ParamsError:
+    layers, family = base.layers, family_of(base)
+    middle = min(100, len(layers) - 1)
+    example = family.layer_100 if family is not None and middle == 100 else layers[middle].name
+    return ParamsError("finetune.fine_tune_at", problem, (
+        f"The base has {len(layers)} layers: give an index 0 to {len(layers) - 1}, a layer name "
+        f"(e.g. {example!r}, layer {middle}) or a fraction of the layers in (0, 1)."))
+
+
+def unfreeze_from(base: keras.Model, fine_tune_at: FineTuneAt) -> int:
     """Make layers ``fine_tune_at`` and up trainable, earlier ones frozen; return trainable count.
 
-    BatchNorm layers stay frozen, which in Keras 3 keeps them in inference mode. The
-    ``training=False`` the classifier passes to the base is NOT enough: Keras 3.3 lets an outer
-    ``fit`` (training=True) override it, so trainable BatchNorm layers would use batch
-    statistics and update their moving averages (``tests/test_stages.py`` guards this).
+    BatchNorm layers stay frozen (nested ones too), which in Keras 3 keeps them in inference
+    mode. The ``training=False`` the classifier passes to the base is NOT enough: Keras 3.3 lets
+    an outer ``fit`` (training=True) override it, so trainable BatchNorm layers would use batch
+    statistics and update their moving averages (``tests/test_stages.py`` and, per family,
+    ``tests/test_backbones.py`` guard this; dropout is off for the same reason, see
+    ``without_dropout``). Families with LayerNormalization instead (ConvNeXt) have no moving
+    statistics: it normalises each image by itself, the same in training and inference, so its
+    layers train like any other.
     """
-    if fine_tune_at >= len(base.layers):
-        raise ModelError(f"finetune.fine_tune_at={fine_tune_at} but the base has only "
-                         f"{len(base.layers)} layers.")
+    at = fine_tune_index(base, fine_tune_at)
+    logger.info("%s: layers %d (%s) to %d trainable, BatchNorm frozen", base.name, at,
+                base.layers[at].name, len(base.layers) - 1)
     base.trainable = True
     for index, layer in enumerate(base.layers):
-        is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = index >= fine_tune_at and not is_batch_norm
+        layer.trainable = index >= at
+    for layer in sublayers(base):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
     return sum(layer.trainable for layer in base.layers)
 
 

@@ -23,12 +23,16 @@ from warmstart.config.params import FinetuneParams
 from warmstart.data.records import Manifest, without_autotuning
 from warmstart.layout import PREFIX_INFO_FILE
 from warmstart.modeling.cache_keys import check_cache, data_digest, weights_digest
+from warmstart.modeling.model import fine_tune_index
 from warmstart.modeling.surgery import boundary_names
 
 
 def prefix_key(manifest: Manifest, base: keras.Model, finetune: FinetuneParams) -> dict:
-    """What the cached activations depend on; ``base`` is any base holding the frozen weights."""
-    at = finetune.fine_tune_at
+    """What the cached activations depend on; ``base`` is any base holding the frozen weights.
+
+    The cut as a layer index (``fine_tune_at`` resolved against ``base``: a name or a fraction
+    giving the same index gives the same cache) and the names of the boundary layers."""
+    at = fine_tune_index(base, finetune.fine_tune_at)
     return {"data": data_digest(manifest), "image_size": manifest.image_size,
             "fine_tune_at": at, "boundary": boundary_names(base, at),
             "frozen_weights": weights_digest(base.layers[:max(at, 1)]),

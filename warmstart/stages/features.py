@@ -1,16 +1,16 @@
 """Stage `features`: one pass of the frozen base over every image, kept for both training stages.
 
 With the base frozen (and no augmentation) every transfer epoch would push every image through
-the whole MobileNetV2 to get the same numbers again, and every fine-tune epoch would recompute
+the whole base to get the same numbers again, and every fine-tune epoch would recompute
 the frozen layers below ``finetune.fine_tune_at``. This stage computes both once, in a single
 pass, into two DVC outputs:
 
 * ``paths.features``: ``base.keras`` (the exact base the caches came from: the transfer stage
   builds its classifier on it), ``<split>.npz`` for train, validation and test (pooled
   ``features``, ``labels``) and ``features.json`` (counts, timings and the cache key: data,
-  image size, alpha, weights file hash, base weights). The transfer stage depends on this
-  output only, so changing ``fine_tune_at`` leaves it byte-identical and DVC does not re-run
-  transfer.
+  image size, architecture, alpha, weights file hash, base weights). The transfer stage depends
+  on this output only, so changing ``fine_tune_at`` leaves it byte-identical and DVC does not
+  re-run transfer.
 * ``paths.prefix``: the boundary tensors of the fine-tune cut (see ``modeling/prefix_cache.py``):
   the training split as ``finetune.cache_dtype``, validation and test as float32, so that the
   finetune stage's validation and test predictions are exactly the full model's.
@@ -34,7 +34,7 @@ from warmstart.data.records import Manifest, image_dataset, labels_of
 from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, PREFIX_INFO_FILE, SPLITS, TRAIN
 from warmstart.modeling.cache_keys import make_key
 from warmstart.modeling.feature_cache import features_key
-from warmstart.modeling.model import build_base, save_model, scale_to_unit
+from warmstart.modeling.model import FineTuneAt, base_input, build_base, fine_tune_index, save_model
 from warmstart.modeling.prefix_cache import prefix_key, save_prefix
 from warmstart.modeling.surgery import boundary_names, boundary_tensors
 from warmstart.modeling.training import seed_everything
@@ -45,9 +45,11 @@ def run_features(params: Params) -> Path:
     seed_everything(params.train.seed, params.train.deterministic)
     manifest = Manifest.read(params.path("processed"))
     base = build_base(manifest.image_size, params.base, params.root)
-    at, dtype = params.finetune.fine_tune_at, params.finetune.cache_dtype
+    at = fine_tune_index(base, params.finetune.fine_tune_at)
+    dtype = params.finetune.cache_dtype
     extractor = one_pass_extractor(base, at)
-    features_info = {"image_size": manifest.image_size, "alpha": params.base.alpha,
+    features_info = {"image_size": manifest.image_size,
+                     "architecture": params.base.architecture, "alpha": params.base.alpha,
                      "feature_dim": int(extractor.outputs[0].shape[-1]), "splits": {},
                      **make_key(features_key(manifest, base, params.base, params.root))}
     prefix_info = {"fine_tune_at": at, "boundary": boundary_names(base, at), "dtype": dtype,
@@ -72,12 +74,12 @@ def run_features(params: Params) -> Path:
     return params.path("features")
 
 
-def one_pass_extractor(base: keras.Model, fine_tune_at: int) -> keras.Model:
+def one_pass_extractor(base: keras.Model, fine_tune_at: FineTuneAt) -> keras.Model:
     """Raw pixels -> [pooled features, *boundary tensors at ``fine_tune_at``], in one forward."""
     inner = keras.Model(base.input, [base.output, *boundary_tensors(base, fine_tune_at)],
                         name="frozen_base")
     pixels = keras.Input(shape=base.input_shape[1:], name="image")
-    feature_map, *boundary = tree.flatten(inner(scale_to_unit()(pixels), training=False))
+    feature_map, *boundary = tree.flatten(inner(base_input(base, pixels), training=False))
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(feature_map)
     return keras.Model(pixels, [pooled, *boundary], name="caches")
 

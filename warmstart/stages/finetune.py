@@ -61,7 +61,7 @@ def run_finetune(params: Params) -> Path:
     with strategy.scope():
         model = load_model(params.path("transfer_model") / MODEL_FILE)
         trainable = unfreeze_from(find_base(model), params.finetune.fine_tune_at)
-        logger.info("finetune: %d trainable base layers (from layer %d), %d trainable weights",
+        logger.info("finetune: %d trainable base layers (from layer %s), %d trainable weights",
                     trainable, params.finetune.fine_tune_at, len(model.trainable_weights))
         done = json.loads(params.path("transfer_metrics").read_text())["epochs"]
         training, data = training_setup(params, model, manifest)
@@ -89,7 +89,7 @@ def training_setup(params: Params, model: keras.Model, manifest: Manifest
         check_prefix(params.path("prefix"), manifest, find_base(model), params.finetune)
         training = top_model(model, params.finetune.fine_tune_at)
         folder = params.path("prefix")
-        logger.info("finetune: training the layers from %d on the cached frozen prefix (%s)",
+        logger.info("finetune: training the layers from %s on the cached frozen prefix (%s)",
                     params.finetune.fine_tune_at, folder)
         data = {split: prefix_dataset(folder, split, batch, seed if split == TRAIN else None)
                 for split in SPLITS}

@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 
 from warmstart.atomic import write_text
-from warmstart.config.params import Params, as_dict
+from warmstart.config.params import BaseParams, Params, as_dict
 from warmstart.data.manifest import Manifest
 from warmstart.layout import ANOMALIES_FILE, SPLITS, TEST, TRAIN, VALIDATION
+from warmstart.modeling.backbones import BACKBONES
 from warmstart.versions import data_version
 
 logger = logging.getLogger(__name__)
@@ -71,16 +72,31 @@ def render_card(params: Params) -> str:
 def header(params: Params, manifest: Manifest) -> str:
     return "\n".join([
         "# Model card: warmstart image classifier", "",
-        f"MobileNetV2 (alpha {params.base.alpha}, base weights `{params.base.weights}`) "
-        f"with a GlobalAveragePooling + Dropout({params.head.dropout}) + Dense head, trained "
-        f"by transfer learning ({params.transfer.epochs} epochs, frozen base) then fine-tuning "
-        f"({params.finetune.epochs} epochs, base layers {params.finetune.fine_tune_at}+).", "",
+        f"{base_text(params.base)} with a GlobalAveragePooling + Dropout({params.head.dropout}) "
+        f"+ Dense head, trained by transfer learning ({params.transfer.epochs} epochs, frozen "
+        f"base) then fine-tuning ({params.finetune.epochs} epochs, "
+        f"{cut_text(params.finetune.fine_tune_at)}).", "",
         f"- Classes ({len(manifest.classes)}): {', '.join(manifest.classes)}",
         f"- Input: RGB images, decoded and resized (bilinear, antialiased) to "
         f"{manifest.image_size}x{manifest.image_size}; the model takes raw 0-255 pixels.",
         "- Intended use: sorting images that show one of the classes above. Every input gets "
         "one of these classes, also images that show none of them.",
     ])
+
+
+def base_text(base: BaseParams) -> str:
+    """The architecture, its width (the MobileNets only) and where its weights came from."""
+    alpha = f"alpha {base.alpha}, " if BACKBONES[base.architecture].has_alpha else ""
+    return f"{base.architecture} ({alpha}base weights `{base.weights}`)"
+
+
+def cut_text(fine_tune_at: int | float | str) -> str:
+    """``finetune.fine_tune_at`` in words, in the form params.yaml gives it."""
+    if isinstance(fine_tune_at, str):
+        return f"base layers from `{fine_tune_at}` on"
+    if isinstance(fine_tune_at, float):
+        return f"the top {1 - fine_tune_at:.0%} of the base's layers"
+    return f"base layers {fine_tune_at}+"
 
 
 def data_section(params: Params, manifest: Manifest) -> str:
