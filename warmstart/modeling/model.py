@@ -224,12 +224,11 @@ def fine_tune_index(base: keras.Model, fine_tune_at: FineTuneAt) -> int:
 
 
 def _bad_cut(base: keras.Model, problem: str) -> ParamsError:
-    layers, family = base.layers, family_of(base)
-    middle = min(100, len(layers) - 1)
-    example = family.layer_100 if family is not None and middle == 100 else layers[middle].name
+    layers = base.layers
+    middle = min(100, len(layers) - 1)  # layer 100 has a stable name in every family
     return ParamsError("finetune.fine_tune_at", problem, (
         f"The base has {len(layers)} layers: give an index 0 to {len(layers) - 1}, a layer name "
-        f"(e.g. {example!r}, layer {middle}) or a fraction of the layers in (0, 1)."))
+        f"(e.g. {layers[middle].name!r}, layer {middle}) or a fraction of the layers in (0, 1)."))
 
 
 def unfreeze_from(base: keras.Model, fine_tune_at: FineTuneAt) -> int:
