@@ -51,6 +51,13 @@ def test_stopping_keeps_the_best_epoch_and_stops_after_patience(
     assert (stopped[0] if stopped else None) == stops_at
 
 
+def test_an_improvement_below_min_delta_does_not_count() -> None:
+    stopping = Stopping("val_loss", 2, min_delta=0.01)
+    history = rows(0.5, 0.495, 0.492, 0.45)
+    assert stopping.kept_row(history[:3])["epoch"] == 1 and stopping.should_stop(history[:3])
+    assert stopping.kept_row(history)["epoch"] == 4
+
+
 def test_stopping_on_accuracy_prefers_higher() -> None:
     stopping = Stopping("val_accuracy", 1)
     history = rows(0.5, 0.8, 0.7, key="val_accuracy")

@@ -238,7 +238,8 @@ def test_balanced_class_weights_are_n_over_k_times_n_c() -> None:
     split = {"count": 16, "shards": [], "class_counts": {"cats": 14, "dogs": 2}}
     manifest = Manifest(Path("."), ["cats", "dogs"], 32, {"train": split})
     train = TrainParams(batch_size=8, seed=1, deterministic=True, strategy="default",
-                        class_weight="balanced", monitor="val_loss", label_smoothing=0.0)
+                        class_weight="balanced", monitor="val_loss", min_delta=0.0,
+                        label_smoothing=0.0)
     weights = class_weights(train, manifest)
     assert weights == {0: 16 / (2 * 14), 1: 16 / (2 * 2)}
     assert weights[0] * 14 == weights[1] * 2 == 8.0

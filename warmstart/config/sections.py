@@ -320,6 +320,8 @@ class TrainParams:
     #: The validation figure early stopping, the learning-rate search and the choice between the
     #: two stages' models are made on (``val_loss``: lower is better; ``val_accuracy``: higher).
     monitor: Literal["val_loss", "val_accuracy"]
+    min_delta: Annotated[StrictFloat, Field(ge=0), Fix(
+        "Use the least change of train.monitor that counts as an improvement (>= 0).")]
     label_smoothing: Annotated[StrictFloat, Field(ge=0, lt=1), Fix(
         "Use a smoothing in [0, 1), e.g. 0.1 (0: off).")]
 
