@@ -29,7 +29,7 @@ def tiny_params(source: Path | str, **overrides: dict) -> dict:
     params["preprocess"].update(image_size=32, shard_size=16)
     params["train"].update(batch_size=8)
     params["transfer"].update(epochs=3, learning_rate=0.01, patience=None)
-    params["finetune"].update(epochs=2, learning_rate=0.001, patience=None)
+    params["finetune"].update(epochs=2, learning_rate=0.001, patience=None, fine_tune_at=100)
     # Tiny splits (a few images per class, a test split held out of 6 validation images).
     params["validate"].update(min_images_per_class=1)
     # A random-weights base cannot beat even the majority-class baseline reliably: the gate

@@ -122,7 +122,8 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
             self.model.save_weights(str(staging / WEIGHTS_FILE))
             np.savez(staging / SEEDS_FILE, *[v.numpy() for v in seed_states(self.model)])
             write_json(staging / ROWS_FILE, self.rows)
-        kept = epoch_folder(self.stopping.kept_row(self.rows)["epoch"])
+        best = int(self.stopping.kept_row(self.rows)["epoch"])
+        kept = epoch_folder(best)
         write_json(self.folder / POINTER_FILE, {"stage": self.stage, "epoch": epoch + 1,
                                                 "folder": name, "kept": kept,
                                                 "fingerprint": self.fingerprint})
@@ -131,8 +132,8 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
                 shutil.rmtree(old, ignore_errors=True)
         if self.stopping.should_stop(self.rows):
             logger.info("%s: stopping early after epoch %d: %s has not improved for %d epochs "
-                        "(the best, epoch %s, is kept)", self.stage, epoch + 1,
-                        self.stopping.monitor, self.stopping.patience, kept)
+                        "(the best, epoch %d, is kept)", self.stage, epoch + 1,
+                        self.stopping.monitor, self.stopping.patience, best)
             self.model.stop_training = True
 
     def keep_best(self) -> None:
