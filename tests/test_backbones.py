@@ -119,6 +119,16 @@ def shared_classifier(architecture: str) -> keras.Model:
     return classifier(architecture, Path.cwd())  # no weights file: the root is not read
 
 
+@functools.cache
+def reference(architecture: str) -> types.SimpleNamespace:
+    """The shared classifier's outputs and pooled features on ``IMAGES`` (inference), computed
+    once: the reference of the per-family comparisons."""
+    model = shared_classifier(architecture)
+    pooled = keras.Model(model.input, model.get_layer("pool").output)(IMAGES)
+    return types.SimpleNamespace(outputs=keras.ops.convert_to_numpy(model(IMAGES)),
+                                 pooled=keras.ops.convert_to_numpy(pooled))
+
+
 def params_error(tmp_path: Path, dataset: Path, **overrides: dict) -> ParamsError:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(dataset, **overrides)))
     with pytest.raises(ParamsError) as caught:
@@ -234,12 +244,10 @@ def test_registry_row_matches_keras(architecture: str) -> None:
     assert family_of(base) is family
     assert len(base.layers) == family.layers and base.layers[100].name == family.layer_100
     assert (model.layers[1].name == "scale_to_unit") == (family.scaling == "unit")
-    images = IMAGES
     module = getattr(keras.applications, KERAS_MODULES[architecture])
-    expected = keras.ops.mean(base(module.preprocess_input(images.copy())), axis=(1, 2))
-    pooled = keras.Model(model.input, model.get_layer("pool").output)(images)
+    expected = keras.ops.mean(base(module.preprocess_input(IMAGES.copy())), axis=(1, 2))
     # x / 127.5 - 1 vs x * (1 / 127.5) - 1: float32 rounding, not another scaling (off by O(1))
-    np.testing.assert_allclose(pooled, expected, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(reference(architecture).pooled, expected, rtol=1e-3, atol=1e-3)
 
 
 def test_a_model_without_a_known_base_is_refused() -> None:
@@ -274,53 +282,48 @@ def cuts_of(base: keras.Model) -> list[int | float | str]:
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_prefix_then_top_computes_the_classifier(architecture: str) -> None:
-    model = shared_classifier(architecture)
-    base, images = find_base(model), IMAGES
-    full = keras.ops.convert_to_numpy(model(images))
+    model, full = shared_classifier(architecture), reference(architecture).outputs
+    base = find_base(model)
     assert full.std(axis=0).max() > 1e-3, "degenerate model: the comparison would prove nothing"
     for cut in cuts_of(base):
-        split = top_model(model, cut)(prefix_model(base, cut)(images))
+        split = top_model(model, cut)(prefix_model(base, cut)(IMAGES))
         np.testing.assert_allclose(split, full, atol=1e-5, err_msg=f"cut {cut!r}")
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_one_pass_gives_the_classifiers_pooled_features_and_the_prefix(architecture: str) -> None:
-    model = shared_classifier(architecture)
-    base, images = find_base(model), IMAGES
-    pooled, *boundary = one_pass_extractor(base, 100)(images)
-    np.testing.assert_allclose(pooled, pooled_features(base)(images), atol=1e-5)
-    np.testing.assert_allclose(pooled, keras.Model(model.input, model.get_layer("pool").output)(
-        images), atol=1e-5)
-    prefix = prefix_model(base, 100)(images)
+    base = find_base(shared_classifier(architecture))
+    pooled, *boundary = one_pass_extractor(base, 100)(IMAGES)
+    np.testing.assert_allclose(pooled, pooled_features(base)(IMAGES), atol=1e-5)
+    np.testing.assert_allclose(pooled, reference(architecture).pooled, atol=1e-5)
+    prefix = prefix_model(base, 100)(IMAGES)
     for ours, theirs in zip(boundary, prefix, strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_fine_tuning_keeps_the_base_in_inference_mode(architecture: str, tmp_path: Path) -> None:
-    """Unfrozen from layer 100: no BatchNorm trains, and training=True computes what inference
-    does (no batch statistics, no dropout: Keras 3.3 passes fit's training=True to the base)."""
-    model = classifier(architecture, tmp_path)
+def test_classifier_loads_in_safe_mode_and_fine_tunes_in_inference_mode(
+        architecture: str, tmp_path: Path) -> None:
+    """Saved and read back (safe mode), the classifier computes what it did, also with
+    training=True. Then the read-back copy (a model of its own: the shared one stays frozen) is
+    unfrozen from layer 100: no BatchNorm trains, and training=True still computes what
+    inference does (no batch statistics, no dropout: Keras 3.3 passes fit's training=True to
+    the base)."""
+    expected = reference(architecture).outputs
+    save_model(shared_classifier(architecture), tmp_path / MODEL_FILE)
+    model = load_model(tmp_path / MODEL_FILE)
     base = find_base(model)
+    assert family_of(base) is BACKBONES[architecture]
+    np.testing.assert_allclose(model(IMAGES), expected, atol=1e-6, err_msg="read back")
+    np.testing.assert_allclose(model(IMAGES, training=True), expected, atol=1e-6,
+                               err_msg="read back, training=True")
     unfreeze_from(base, 100)
     assert not any(layer.trainable for layer in sublayers(base)
-                   if isinstance(layer, keras.layers.BatchNormalization))
+                   if isinstance(layer, keras.layers.BatchNormalization)), "a BatchNorm trains"
     assert all(not layer.trainable for layer in base.layers[:100])
     assert model.trainable_weights
-    images = IMAGES
-    np.testing.assert_allclose(model(images, training=True), model(images, training=False),
-                               atol=1e-6)
-
-
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_classifier_saves_and_loads_in_safe_mode(architecture: str, tmp_path: Path) -> None:
-    model = shared_classifier(architecture)
-    save_model(model, tmp_path / MODEL_FILE)
-    loaded = load_model(tmp_path / MODEL_FILE)
-    assert family_of(find_base(loaded)) is BACKBONES[architecture]
-    images = IMAGES
-    np.testing.assert_allclose(loaded(images), model(images), atol=1e-6)
-    np.testing.assert_allclose(loaded(images, training=True), model(images), atol=1e-6)
+    np.testing.assert_allclose(model(IMAGES, training=True), expected, atol=1e-6,
+                               err_msg="unfrozen from layer 100, training=True")
 
 
 @pytest.mark.parametrize("architecture", [
@@ -328,13 +331,12 @@ def test_classifier_saves_and_loads_in_safe_mode(architecture: str, tmp_path: Pa
     for name in ARCHITECTURES])
 def test_classifier_exports_within_the_float32_bound(architecture: str, tmp_path: Path) -> None:
     """The export stage's SavedModel and TFLite float32 agree with Keras (export's bound)."""
-    model, images = shared_classifier(architecture), IMAGES
+    model, expected = shared_classifier(architecture), reference(architecture).outputs
     export_saved_model(model, tmp_path / "saved_model", SIZE)
     write_tflite(tmp_path / "saved_model", tmp_path / "model.tflite", quantize=False)
-    expected = model.predict_on_batch(images)  # the export stage's reference
     assert expected.std(axis=0).max() > 1e-3, "degenerate model: the comparison proves nothing"
     for artefact in (tmp_path / "saved_model", tmp_path / "model.tflite"):
-        got = load_predictor(artefact)(images)
+        got = load_predictor(artefact)(IMAGES)
         assert np.abs(got - expected).max() <= 1e-4, artefact.name
 
 
@@ -400,7 +402,8 @@ def test_stages_cache_exactly_with_another_family_and_a_named_cut(
     family = BACKBONES[architecture]
     params = prepare_project(tmp_path, upto="finetune", skip_validation=True,
                              base={"architecture": architecture, "alpha": 1.0},
-                             finetune={"fine_tune_at": family.layer_100,
+                             transfer={"epochs": 1},  # one epoch each: the caches are the point
+                             finetune={"fine_tune_at": family.layer_100, "epochs": 1,
                                        "cache_dtype": "float32"})
     info = json.loads((params.path("prefix") / PREFIX_INFO_FILE).read_text())
     assert info["fine_tune_at"] == info["parts"]["fine_tune_at"] == 100
@@ -408,12 +411,13 @@ def test_stages_cache_exactly_with_another_family_and_a_named_cut(
     assert features["architecture"] == architecture
     manifest = Manifest.read(params.path("processed"))
     transfer = find_base(load_model(params.path("transfer_model") / MODEL_FILE))
-    same = FinetuneParams(fine_tune_at=100, epochs=1, learning_rate=1e-3, cache_dtype="float32")
+    same = FinetuneParams(fine_tune_at=100, epochs=1, learning_rate=1e-3, patience=None,
+                          cache_dtype="float32")
     check_prefix(params.path("prefix"), manifest, transfer, same)
     with pytest.raises(StaleCacheError, match="fine_tune_at"):
         check_prefix(params.path("prefix"), manifest, transfer,
                      FinetuneParams(fine_tune_at=0.5, epochs=1, learning_rate=1e-3,
-                                    cache_dtype="float32"))
+                                    patience=None, cache_dtype="float32"))
     model = load_model(params.path("finetune_model") / MODEL_FILE)
     images = next(iter(image_dataset(manifest, "validation", batch_size=1000, cache=False)))[0]
     recorded = read_predictions(params.path("finetune_predictions"))["validation"]
