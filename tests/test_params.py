@@ -29,7 +29,7 @@ def test_repo_defaults_keep_the_tutorial_model_and_choose_its_schedule_on_valida
     assert params.preprocess.image_size == 128 and params.train.batch_size == 128
     assert params.transfer.learning_rate == "auto" and 1e-4 in params.transfer.learning_rates
     assert params.transfer.epochs >= 50 and params.finetune.fine_tune_at == 72
-    assert params.finetune.learning_rate < min(params.transfer.learning_rates)
+    assert params.finetune.learning_rate <= min(params.transfer.learning_rates)
     assert params.path("raw") == REPO / "data" / "raw"
 
 
