@@ -1,12 +1,12 @@
 """Early stopping on a validation figure, with the best epoch's weights kept.
 
-One rule for every training loop (the stages' resumable fits and the learning-rate trials), as
-pure functions of the history rows, so a fit resumed after a crash takes the same decisions as an
+One rule for every training loop (the stages' resumable fits and the learning-rate trials), as pure
+functions of the history rows, so a fit resumed after a crash takes the same decisions as an
 uninterrupted one: an epoch is *better* only when better than the best earlier one by more than
-``train.min_delta`` (ties keep the earlier, simpler model; with label smoothing the validation
-loss creeps down for many epochs by amounts that change nothing); training stops once
-``patience`` epochs in a row were not better; the kept epoch is the best one. Without ``patience`` every epoch runs and the last is kept (the
-tutorial's fixed schedule).
+``train.min_delta`` (ties keep the earlier, simpler model; with label smoothing the validation loss
+creeps down for many epochs by amounts that change nothing); training stops once ``patience`` epochs
+in a row were not better; the kept epoch is the best one. Without ``patience`` every epoch runs and
+the last is kept (the tutorial's fixed schedule).
 """
 
 from __future__ import annotations
