@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+from tutorial_vs_warmstart import measured  # bench/ is on sys.path when run
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -74,16 +73,7 @@ def parse_args() -> argparse.Namespace:
 
 def run(cmd: list[str], cwd: Path, log: Path) -> float:
     """Run ``cmd`` in ``cwd`` (output appended to ``log``); its wall seconds."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    start = time.perf_counter()
-    with open(log, "a") as out:
-        out.write(f"\n$ (cd {cwd} && {' '.join(cmd)})\n")
-        out.flush()
-        done = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed in {cwd} (exit {done.returncode}); see {log}")
-    return time.perf_counter() - start
+    return measured(cmd, cwd, log)["seconds"]
 
 
 def stage(project: Path, name: str, log: Path) -> float:

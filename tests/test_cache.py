@@ -25,10 +25,10 @@ from tests.helpers.project import DEFAULT_PER_CLASS, prepare_project, tiny_param
 from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest, image_dataset, split_index
 from warmstart.inference.recorded import class_probabilities, read_predictions
-from warmstart.layout import BASE_FILE, MODEL_FILE
+from warmstart.layout import BASE_FILE, MODEL_FILE, SPLITS
 from warmstart.modeling.augment import augmentation_layers, with_augmentation
 from warmstart.modeling.cache_keys import StaleCacheError
-from warmstart.modeling.feature_cache import check_features
+from warmstart.modeling.feature_cache import check_features, load_features
 from warmstart.modeling.model import compile_model, find_base, load_model, unfreeze_from
 from warmstart.modeling.prefix_cache import check_prefix
 from warmstart.modeling.surgery import boundary_names, prefix_model, top_model
@@ -151,7 +151,8 @@ def test_transfer_model_equals_end_to_end_training_from_the_same_head(run: Param
     end_to_end.set_weights(transfer.get_weights())
     start = [w.copy() for w in cached_head[1].get_weights()]
     seed_everything(run.train.seed)
-    train_head(run, cached_head, len(manifest.classes), None, run.transfer.learning_rate)
+    cached = {split: load_features(run.path("features"), split) for split in SPLITS}
+    train_head(run, cached_head, cached, len(manifest.classes), None, run.transfer.learning_rate)
     find_base(end_to_end).trainable = False
     compile_model(end_to_end, 2, run.transfer.learning_rate, run.train.label_smoothing)
     seed_everything(run.train.seed)

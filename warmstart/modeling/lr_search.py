@@ -17,7 +17,7 @@ import numpy as np
 
 from warmstart.config.params import Params
 from warmstart.layout import TRAIN, VALIDATION
-from warmstart.modeling.feature_cache import feature_dataset, load_features
+from warmstart.modeling.feature_cache import feature_dataset
 from warmstart.modeling.model import compile_model, head_layers, head_model
 from warmstart.modeling.stopping import StopOnPlateau, Stopping
 from warmstart.modeling.training import seed_everything
@@ -28,14 +28,15 @@ logger = logging.getLogger(__name__)
 SEARCH_SPLITS = (TRAIN, VALIDATION)
 
 
-def choose_learning_rate(params: Params, num_classes: int,
-                         class_weight: dict[int, float] | None) -> dict:
+def choose_learning_rate(params: Params, cached: dict[str, tuple[np.ndarray, np.ndarray]],
+                         num_classes: int, class_weight: dict[int, float] | None) -> dict:
     """``{"learning_rate": ..., "learning_rate_search": ...}`` for the transfer metrics: the
-    value from params, or with ``auto`` the winner and every trial's score."""
+    value from params, or with ``auto`` the winner and every trial's score. ``cached``: the
+    features cache by split; only ``SEARCH_SPLITS`` are read."""
     transfer = params.transfer
     if transfer.learning_rate != "auto":
         return {"learning_rate": transfer.learning_rate}
-    cached = {split: load_features(params.path("features"), split) for split in SEARCH_SPLITS}
+    cached = {split: cached[split] for split in SEARCH_SPLITS}
     stopping = Stopping.of(params.train, transfer.patience)
     trials = [trial(params, cached, num_classes, class_weight, rate, stopping)
               for rate in sorted(set(transfer.learning_rates))]

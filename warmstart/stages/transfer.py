@@ -80,7 +80,8 @@ def train_classifier(params: Params, manifest: Manifest
     check_features(params.path("features"), manifest, base, params.base, params.root)
     num_classes = len(manifest.classes)
     weights = class_weights(params.train, manifest)
-    choice = choose_learning_rate(params, num_classes, weights)
+    cached = {split: load_features(params.path("features"), split) for split in SPLITS}
+    choice = choose_learning_rate(params, cached, num_classes, weights)
     rate = choice["learning_rate"]
     seed_everything(params.train.seed, params.train.deterministic)  # whatever the trials drew
     layers = head_layers(num_classes, params.head.dropout)
@@ -88,7 +89,7 @@ def train_classifier(params: Params, manifest: Manifest
     if params.augment.enabled:
         backup, outputs = train_augmented(params, model, manifest, weights, rate)
     else:
-        backup, outputs = train_head(params, layers, num_classes, weights, rate)
+        backup, outputs = train_head(params, layers, cached, num_classes, weights, rate)
     compile_model(model, num_classes, rate, params.train.label_smoothing)
     return model, backup, outputs, choice
 
@@ -102,12 +103,12 @@ def transfer_backup(params: Params, train: tf.data.Dataset) -> EpochBackup:
                        Stopping.of(params.train, params.transfer.patience))
 
 
-def train_head(params: Params, layers: list[keras.layers.Layer], num_classes: int,
+def train_head(params: Params, layers: list[keras.layers.Layer],
+               cached: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int,
                class_weight: dict[int, float] | None, rate: float
                ) -> tuple[EpochBackup, dict[str, np.ndarray]]:
-    """Fit the head on the cached training features, monitoring validation; then its outputs
-    on the validation and test features."""
-    cached = {split: load_features(params.path("features"), split) for split in SPLITS}
+    """Fit the head on the cached training features (``cached``: (features, labels) by split),
+    monitoring validation; then its outputs on the validation and test features."""
     logger.info("transfer: training the head on cached features (%s images, %d dims)",
                 {split: len(labels) for split, (_, labels) in cached.items()},
                 cached[TRAIN][0].shape[1])
