@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
 from tests.helpers.models import calibrated_base
-from tests.helpers.project import plant_features, prepare_project
+from tests.helpers.project import plant_features, prepare_project, write_params
 from warmstart.config.params import Params
 from warmstart.data.records import Manifest
 from warmstart.inference.candidate import choose_candidate
 from warmstart.inference.recorded import read_predictions
-from warmstart.layout import MODEL_FILE, TEST, VALIDATION
+from warmstart.layout import MODEL_FILE, TEST, TRAIN, VALIDATION
+from warmstart.modeling import lr_search
 from warmstart.modeling.feature_cache import load_features
 from warmstart.modeling.model import (
     SmoothedSparseCrossentropy,
@@ -139,7 +141,8 @@ def test_learning_rate_search_is_recorded_and_ignores_the_test_split(stopped: Pa
     metrics = json.loads(stopped.path("transfer_metrics").read_text())
     search = metrics["learning_rate_search"]
     assert search["split"] == VALIDATION and len(search["trials"]) == 2
-    best = min(search["trials"], key=lambda t: t["val_loss"])
+    low, high = search["trials"]  # by rate; the higher wins only by more than train.min_delta
+    best = high if high["val_loss"] < low["val_loss"] - stopped.train.min_delta else low
     assert metrics["learning_rate"] == best["learning_rate"]
     assert search["trials"][0]["val_loss"] != search["trials"][1]["val_loss"]
     features = stopped.path("features") / f"{TEST}.npz"
@@ -207,3 +210,19 @@ def test_the_flow_artifact_says_which_model_is_the_candidate_and_why(
     text = candidate_markdown(worse_finetune.path("evaluate_metrics"))
     assert "The **transfer** model: validation accuracy" in text
     assert "No candidate yet" in candidate_markdown(worse_finetune.root / "missing.json")
+
+
+@pytest.mark.parametrize(("losses", "chosen"), [((0.6256, 0.6251, 0.70), 3e-4),
+                                                ((0.6256, 0.6230, 0.70), 1e-3),
+                                                ((0.90, 0.6256, 0.6250), 1e-3)])
+def test_learning_rate_ties_within_min_delta_go_to_the_smaller_rate(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, losses: tuple, chosen: float) -> None:
+    """Regression: flowers' search took 1e-3 over 3e-4 for a validation loss 0.0005 lower, a
+    difference early stopping (train.min_delta 0.001) counts as no improvement."""
+    scores = dict(zip((3e-4, 1e-3, 3e-3), losses, strict=True))
+    monkeypatch.setattr(lr_search, "trial", lambda params, cached, k, weights, rate, stopping: {
+        "learning_rate": rate, "epoch": 1, "val_loss": scores[rate], "val_accuracy": 0.5})
+    params = write_params(tmp_path, tmp_path, train={"monitor": "val_loss", "min_delta": 0.001},
+                          transfer={"learning_rate": "auto", "learning_rates": list(scores)})
+    choice = lr_search.choose_learning_rate(params, {TRAIN: None, VALIDATION: None}, 2, None)
+    assert choice["learning_rate"] == chosen

@@ -4,9 +4,10 @@ The tutorial's fixed head schedule (1e-4 for 50 epochs) under-fits datasets it w
 on. Training the head on the cached pooled features costs milliseconds an epoch, so every
 candidate of ``transfer.learning_rates`` gets a full trial: a fresh head (same seed each, so the
 order of the trials does not matter) trained for at most ``transfer.epochs`` with the stage's
-early stopping, scored by its best ``train.monitor`` on the VALIDATION split. The best wins, ties
-going to the smaller rate. The trials read the training and validation features only: the test
-split, which the gate judges on, plays no part in the choice.
+early stopping, scored by its best ``train.monitor`` on the VALIDATION split. The best wins by
+the rule early stopping uses: a larger rate must be better by more than ``train.min_delta``, so
+ties (differences that change nothing) go to the smaller rate. The trials read the training and
+validation features only: the test split, which the gate judges on, plays no part in the choice.
 """
 
 from __future__ import annotations
@@ -40,10 +41,7 @@ def choose_learning_rate(params: Params, cached: dict[str, tuple[np.ndarray, np.
     stopping = Stopping.of(params.train, transfer.patience)
     trials = [trial(params, cached, num_classes, class_weight, rate, stopping)
               for rate in sorted(set(transfer.learning_rates))]
-    best = trials[0]
-    for candidate in trials[1:]:
-        if stopping.score(candidate) > stopping.score(best):
-            best = candidate
+    best = stopping.best_row(trials)  # smallest rate first: ties (within min_delta) go to it
     logger.info("transfer.learning_rate auto: %s (best %s on the validation split of %s)",
                 best["learning_rate"], stopping.monitor,
                 {t["learning_rate"]: t[stopping.monitor] for t in trials})

@@ -179,18 +179,16 @@ def parity_report(folder: Path, candidate: tuple[str, keras.Model], manifest: Ma
     model.keras vs the predictions its stage (``candidate``: name, model) recorded on
     validation and test."""
     stage, model = candidate
-    reference = probabilities_of(model.predict_on_batch, manifest, VALIDATION, params)
-    threshold = params.evaluate.threshold
     found = artefacts(folder)
     report = {name: {"file": path.name, "bytes": size_of(path)} for name, path in found.items()}
-    runners: dict[str, Callable] = {name: load_predictor(path)
-                                    for name, path in found.items() if name != "keras"}
-    runners["saved_model_uint8"] = uint8_endpoint(found["saved_model"])
-    for name, runner in runners.items():
-        probabilities = probabilities_of(runner, manifest, VALIDATION, params)
+    runners = artefact_runners(found)
+    outputs = split_outputs(manifest, VALIDATION, params, {"keras": model.predict_on_batch,
+                                                            **runners})
+    reference, threshold = outputs.pop("keras"), params.evaluate.threshold
+    for name, probabilities in outputs.items():
         entry = report.setdefault(name, {"file": f"{SAVED_MODEL_DIR} (serve_uint8)"})
         entry.update(compare(reference, probabilities, threshold))
-    test = probabilities_of(model.predict_on_batch, manifest, TEST, params)
+    test = split_outputs(manifest, TEST, params, {"keras": model.predict_on_batch})["keras"]
     report[RECORDED] = recorded_parity(params, stage, {VALIDATION: reference, TEST: test})
     return {"validation_images": int(len(reference)), "artefacts": report,
             "thresholds": {"float32_tolerance": params.export.float32_tolerance,
@@ -214,17 +212,29 @@ def recorded_parity(params: Params, stage: str, reference: dict[str, np.ndarray]
             **compare(ours, theirs, params.evaluate.threshold)}
 
 
-def uint8_endpoint(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """The ``serve_uint8`` endpoint, fed the validation images as uint8 pixels."""
-    loaded = SavedModelPredictor(folder).loaded  # keep a reference: it owns the variables
-    return lambda pixels: loaded.serve_uint8(tf.constant(pixels.astype(np.uint8))).numpy()
+def artefact_runners(found: dict[str, Path]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """What ``warmstart predict`` loads for each exported artefact, and the SavedModel's
+    ``serve_uint8`` endpoint fed uint8 pixels; the SavedModel is loaded once."""
+    saved = SavedModelPredictor(found["saved_model"])  # keep it: it owns the variables
+    runners: dict[str, Callable] = {"saved_model": saved}
+    for name in ("tflite_float32", "tflite_int8"):
+        if name in found:
+            runners[name] = load_predictor(found[name])
+    runners["saved_model_uint8"] = lambda pixels: saved.loaded.serve_uint8(
+        tf.constant(pixels.astype(np.uint8))).numpy()
+    return runners
 
 
-def probabilities_of(runner: Callable[[np.ndarray], np.ndarray], manifest: Manifest, split: str,
-                     params: Params) -> np.ndarray:
-    batches = image_dataset(manifest, split, params.train.batch_size, cache=False)
-    outputs = [np.asarray(runner(images.numpy())) for images, _ in batches]
-    return class_probabilities(np.concatenate(outputs))
+def split_outputs(manifest: Manifest, split: str, params: Params,
+                  runners: dict[str, Callable[[np.ndarray], np.ndarray]]) -> dict[str, np.ndarray]:
+    """Every runner's class probabilities on ``split``, in one pass over its images (each batch
+    decoded once, memory bounded by one batch)."""
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    for images, _ in image_dataset(manifest, split, params.train.batch_size, cache=False):
+        pixels = images.numpy()
+        for name, runner in runners.items():
+            outputs[name].append(np.asarray(runner(pixels)))
+    return {name: class_probabilities(np.concatenate(values)) for name, values in outputs.items()}
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> dict:
