@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers.images import CLASS_COLOURS, write_image
-from tests.helpers.models import CLASSES, SIZE, colour_model
+from tests.helpers.models import CLASSES, SIZE, colour_model, save_colour_model, write_colour_images
 from warmstart.cli import main
 from warmstart.data.decode import load_image
 from warmstart.inference.predict import (
@@ -28,13 +27,6 @@ from warmstart.layout import CLASSES_FILE
 from warmstart.stages.export import export_saved_model, write_tflite
 
 
-def save_colour_model(folder: Path, scramble: bool = False) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    colour_model(scramble=scramble).save(folder / "model.keras")
-    write_labels(folder / CLASSES_FILE, CLASSES, SIZE, 0.5)
-    return folder / "model.keras"
-
-
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_colour_model(tmp_path_factory.mktemp("model"))
@@ -42,14 +34,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    """Two images per class (JPEG and PNG, odd sizes) in class folders, plus junk."""
-    folder = tmp_path / "images"
-    for seed, name in enumerate(CLASSES):
-        write_image(folder / name / "a.jpg", CLASS_COLOURS[name], (50 + seed, 41), seed)
-        write_image(folder / name / "b.png", CLASS_COLOURS[name], (23, 77), seed + 10, "PNG")
-    (folder / "broken.jpg").write_bytes(b"this is not a JPEG")
-    (folder / "notes.txt").write_text("not an image: ignored, not an error")
-    return folder
+    return write_colour_images(tmp_path / "images")
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:

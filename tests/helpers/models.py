@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 
-from tests.helpers.images import CLASS_COLOURS
+from tests.helpers.images import CLASS_COLOURS, write_image
+from warmstart.inference.predict import write_labels
+from warmstart.layout import CLASSES_FILE
 
 CLASSES = sorted(CLASS_COLOURS)  # birds (green), cats (red), dogs (blue)
 SIZE = 32
@@ -43,3 +47,22 @@ def calibrated_base(seed: int = 0, size: int = SIZE) -> keras.Model:
     for layer in norms:
         layer.momentum = 0.99
     return base
+
+
+def save_colour_model(folder: Path, scramble: bool = False) -> Path:
+    """:func:`colour_model` saved as ``folder/model.keras`` with its classes.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    colour_model(scramble=scramble).save(folder / "model.keras")
+    write_labels(folder / CLASSES_FILE, CLASSES, SIZE, 0.5)
+    return folder / "model.keras"
+
+
+def write_colour_images(folder: Path) -> Path:
+    """Two images per class (JPEG and PNG, odd sizes) in class folders, plus junk: a broken
+    JPEG and a text file."""
+    for seed, name in enumerate(CLASSES):
+        write_image(folder / name / "a.jpg", CLASS_COLOURS[name], (50 + seed, 41), seed)
+        write_image(folder / name / "b.png", CLASS_COLOURS[name], (23, 77), seed + 10, "PNG")
+    (folder / "broken.jpg").write_bytes(b"this is not a JPEG")
+    (folder / "notes.txt").write_text("not an image: ignored, not an error")
+    return folder
