@@ -38,6 +38,8 @@ from pathlib import Path
 
 import yaml
 
+from warmstart.config.params import read_yaml
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 STAGES = ["ingest", "validate", "preprocess", "features", "transfer", "finetune", "evaluate"]
@@ -63,7 +65,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-stages", action="store_true")
     parser.add_argument("--skip-repro", action="store_true")
     parser.add_argument("--scaling", action="store_true", help="also run part 4")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="also run part 3 with these params overrides (repeatable), e.g. "
+                        "cut100:finetune.fine_tune_at=100")
     return parser.parse_args()
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, dict]]:
+    """``name:section.key=value,...`` -> (name, {section: {key: YAML value}})."""
+    name, _, pairs = text.partition(":")
+    overrides: dict[str, dict] = {}
+    for pair in filter(None, pairs.split(",")):
+        key, _, value = pair.partition("=")
+        section, _, field = key.partition(".")
+        overrides.setdefault(section, {})[field] = read_yaml(f"v: {value}")["v"]  # YAML 1.2
+    return name, overrides
 
 
 def measured(cmd: list[str], cwd: Path, log: Path) -> dict:
@@ -162,8 +178,9 @@ def stages(args: argparse.Namespace, log: Path) -> dict:
             "prefix_boundary": prefix_info["boundary"]}
 
 
-def repro(args: argparse.Namespace, log: Path) -> dict:
-    project = make_project(args.workdir / "repro", args)
+def repro(args: argparse.Namespace, log: Path, name: str = "repro",
+          overrides: dict[str, dict] | None = None) -> dict:
+    project = make_project(args.workdir / name, args, **(overrides or {}))
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         measured(cmd, project, log)
     shutil.copy(REPO / ".dvc" / "config", project / ".dvc" / "config")  # the repo's DVC config
@@ -217,6 +234,8 @@ def report(args: argparse.Namespace, results: dict, load: tuple[str, str]) -> st
                   + accuracy_text(whole)]
     if base and (whole or staged):
         lines += ratio_lines(base, staged, whole)
+    if results.get("variants"):
+        lines += variant_table(results["variants"], base)
     if results.get("scaling"):
         lines += scaling_table(results["scaling"], staged, args)
     return "\n".join(lines) + "\n"
@@ -285,6 +304,25 @@ def ratio_lines(base: dict, staged: dict | None, whole: dict | None) -> list[str
     return lines
 
 
+def variant_table(variants: dict, base: dict | None) -> list[str]:
+    """Part 3 again with other params: the speed / accuracy trade of each."""
+    lines = ["", "## Whole pipeline with other params (part 3 each; choices on validation)", "",
+             "| variant | overrides | `dvc repro evaluate` s | all ten stages s | vs recipe | "
+             "candidate | validation / test accuracy (candidate) |",
+             "|---|---|---:|---:|---:|---|---|"]
+    recipe = base["transfer_seconds"] + base["finetune_seconds"] if base else None
+    for name, run in variants.items():
+        pairs = "; ".join(f"{s}.{k}={v}" for s, kv in run["overrides"].items()
+                          for k, v in kv.items())
+        ratio = f"{recipe / run['seconds']:.1f}x" if recipe else "-"
+        best = run["candidate"]
+        lines.append(f"| {name} | {pairs} | {run['evaluate']['seconds']:.0f} | "
+                     f"{run['seconds']:.0f} | {ratio} | {best} | "
+                     f"{run[f'{best}_validation_accuracy']:.3f} / "
+                     f"{run[f'{best}_test_accuracy']:.3f} |")
+    return lines
+
+
 def scaling_table(scale: dict, staged: dict | None, args: argparse.Namespace) -> list[str]:
     big = scale["size160"]
     lines = ["", "## Image size and cache dtype (stage wall time, s, incl. ~3 s start-up)", "",
@@ -321,6 +359,10 @@ def main() -> None:
         results["stages"] = stages(args, log)
     if not args.skip_repro:
         results["repro"] = repro(args, log)
+    for text in args.variant:
+        name, overrides = parse_variant(text)
+        results.setdefault("variants", {})[name] = {
+            "overrides": overrides, **repro(args, log, f"repro_{name}", overrides)}
     if args.scaling:
         project = Path(results["stages"]["project"]) if "stages" in results else None
         results["scaling"] = scaling(args, log, project)
