@@ -82,8 +82,9 @@ def parse_variant(text: str) -> tuple[str, dict[str, dict]]:
     return name, overrides
 
 
-def measured(cmd: list[str], cwd: Path, log: Path) -> dict:
-    """Run ``cmd``; return wall seconds and peak RSS (MiB) of it and its descendants."""
+def measured(cmd: list[str], cwd: Path, log: Path, check: bool = True) -> dict:
+    """Run ``cmd``; return wall seconds and peak RSS (MiB) of it and its descendants, and its
+    exit status (``check``: a failure ends the benchmark)."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     start = time.perf_counter()
@@ -94,9 +95,10 @@ def measured(cmd: list[str], cwd: Path, log: Path) -> dict:
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
-    return {"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024}
+    return {"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
+            "returncode": proc.returncode}
 
 
 def uptime() -> str:

@@ -1,0 +1,190 @@
+"""How the pipeline's cost grows with the data: every stage at N synthetic images, then after +1 %.
+
+    uv run --frozen python bench/scale.py --images 25000     # --images 100000: hours here
+
+Makes N synthetic but realistic photos (JPEG, varied sizes and aspect ratios, textured, one
+colour cast and pattern per class, ``--classes`` classes) as ONE folder of class folders, sets up a
+git + DVC project on it with ``warmstart init --source`` (the user's path), and runs every stage
+from ``ingest`` to ``gate`` as ``dvc repro -s <stage>`` (each its own processes), printing per
+stage: wall time, images/s, peak RSS (``os.wait4``: the stage and its children), disk used by its
+outputs and by the DVC cache after it. Then it adds ``--grow`` (1 %) new images and runs again,
+printing the same table and per stage how many images were computed and how many reused (a
+stage reports reuse in its outputs' info files as ``reused_images``; one that does not recomputes
+all). The last line:
+
+    scale: N=<n> max_rss_mib=<largest stage peak RSS> incremental_features_fraction=<features
+    wall time after the growth / from scratch>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tutorial_vs_warmstart import REPO, SHARED, measured, uptime  # noqa: E402
+
+STAGES = ["ingest", "validate", "preprocess", "features", "transfer", "finetune", "evaluate",
+          "export", "model_card", "gate"]
+#: Each stage's outputs, as paths.* keys of params.yaml.
+OUTPUTS = {"ingest": ["raw"], "validate": ["validated", "validation_report"],
+           "preprocess": ["processed"], "features": ["features", "prefix"],
+           "transfer": ["transfer_model"], "finetune": ["finetune_model"],
+           "evaluate": ["evaluate_plots"], "export": ["export_model"], "model_card": [],
+           "gate": ["promoted_model"]}
+PALETTE = np.array([[200, 60, 50], [50, 150, 70], [60, 80, 200], [210, 180, 40],
+                    [150, 60, 170], [40, 170, 170], [230, 120, 40], [120, 120, 120],
+                    [90, 50, 20], [240, 150, 190]], dtype=np.float32)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, required=True)
+    parser.add_argument("--classes", type=int, default=5, help="2 to 10")
+    parser.add_argument("--grow", type=float, default=0.01, help="fraction added, then re-run")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--weights", type=Path,
+                        default=SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.h5")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/warmstart-scale"))
+    parser.add_argument("--out", type=Path, default=None, help="Markdown report (default: "
+                        "bench/results/scale_<N>.md)")
+    args = parser.parse_args()
+    if not 2 <= args.classes <= 10:
+        parser.error("--classes must be 2 to 10")
+    return args
+
+
+def synthetic_photo(rng: np.random.Generator, label: int) -> Image.Image:
+    """A textured image of class ``label``: its colour cast and stripe frequency, random size,
+    noise and blobs, so no two are near-duplicates."""
+    width, height = int(rng.integers(160, 640)), int(rng.integers(120, 480))
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle, frequency = rng.uniform(0, np.pi), 0.02 + 0.01 * label
+    stripes = np.sin((x * np.cos(angle) + y * np.sin(angle)) * frequency + rng.uniform(0, 6))
+    low = rng.normal(size=(height // 16 + 1, width // 16 + 1)).repeat(16, 0).repeat(16, 1)
+    texture = 0.5 * stripes + 0.5 * low[:height, :width]
+    colour = PALETTE[label] * rng.uniform(0.7, 1.1)
+    pixels = colour + 50 * texture[..., None] + rng.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def write_images(folder: Path, classes: int, start: int, count: int, seed: int) -> None:
+    rng = np.random.default_rng([seed, start])
+    for index in range(start, start + count):
+        label = index % classes
+        target = folder / f"class_{label}" / f"img_{index:07d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        synthetic_photo(rng, label).save(target, quality=int(rng.integers(80, 95)))
+
+
+def make_project(args: argparse.Namespace, source: Path, log: Path) -> Path:
+    project = args.workdir / "project"
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, project)
+    for name in ("warmstart", "schema"):
+        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["base"]["weights"] = str(args.weights.resolve())
+    params["preprocess"]["image_size"] = args.image_size
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],
+                [sys.executable, "-m", "warmstart", "init", "--source", str(source)]):
+        measured(cmd, project, log)
+    shutil.copy(REPO / ".dvc" / "config", project / ".dvc" / "config")
+    return project
+
+
+def disk_bytes(paths: list[Path]) -> int:
+    total = 0
+    for path in paths:
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir():
+            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return total
+
+
+def reused_images(folders: list[Path]) -> int | None:
+    """``reused_images`` recorded in the stage's output info files, if any stage writes it."""
+    found = [json.loads(p.read_text()) for folder in folders
+             if folder.is_dir() for p in folder.glob("*.json")]
+    counts = [c for info in found if isinstance(info, dict)
+              and isinstance(c := info.get("reused_images"), int)]
+    return sum(counts) if counts else None
+
+
+def run_stages(project: Path, images: int, log: Path) -> dict[str, dict]:
+    paths = yaml.safe_load((project / "params.yaml").read_text())["paths"]
+    rows = {}
+    for stage in STAGES:
+        # The gate may refuse a model of synthetic data: its cost counts, the run goes on.
+        result = measured(["dvc", "repro", "-s", stage], project, log, check=stage != "gate")
+        outputs = [project / paths[key] for key in OUTPUTS[stage]]
+        rows[stage] = {**result, "images_per_second": images / result["seconds"],
+                       "output_bytes": disk_bytes(outputs),
+                       "cache_bytes": disk_bytes([project / ".dvc" / "cache"]),
+                       "reused": reused_images(outputs)}
+    return rows
+
+
+def table(title: str, rows: dict[str, dict], images: int) -> list[str]:
+    lines = [f"## {title} ({images} images)", "",
+             "| stage | wall s | images/s | peak RSS MiB | outputs MiB | DVC cache MiB | "
+             "computed / reused |", "|---|---:|---:|---:|---:|---:|---|"]
+    for stage, r in rows.items():
+        reuse = (f"{images - r['reused']} / {r['reused']}" if r["reused"] is not None
+                 else f"{images} / 0 (recomputes all)")
+        name = stage if not r["returncode"] else f"{stage} (failed: see the log)"
+        lines.append(f"| {name} | {r['seconds']:.1f} | {r['images_per_second']:.0f} | "
+                     f"{r['peak_rss_mib']:.0f} | {r['output_bytes'] / 2**20:.0f} | "
+                     f"{r['cache_bytes'] / 2**20:.0f} | {reuse} |")
+    return [*lines, f"| **total** | **{sum(r['seconds'] for r in rows.values()):.0f}** | | | | | |",
+            ""]
+
+
+def commit(project: Path, log: Path, message: str) -> None:
+    measured(["git", "add", "-A"], project, log)
+    subprocess.run(["git", "commit", "-qm", message], cwd=project, check=False,
+                   capture_output=True)
+
+
+def main() -> None:
+    args = parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    log, source = args.workdir / "scale.log", args.workdir / "photos"
+    log.write_text("")
+    shutil.rmtree(source, ignore_errors=True)
+    write_images(source, args.classes, 0, args.images, seed=0)
+    before, project = uptime(), make_project(args, source, log)
+    commit(project, log, "init")
+    first = run_stages(project, args.images, log)
+    commit(project, log, "from scratch")
+    added = max(1, round(args.images * args.grow))
+    write_images(source, args.classes, args.images, added, seed=1)
+    grown = run_stages(project, args.images + added, log)
+    lines = [f"# Scale: {args.images} synthetic images, {args.classes} classes, "
+             f"{args.image_size} px, then +{added}", "", f"Load before: `{before}`",
+             f"Load after: `{uptime()}`", "", *table("From scratch", first, args.images),
+             *table(f"After +{added} images", grown, args.images + added)]
+    text = "\n".join(lines)
+    out = args.out or REPO / "bench" / "results" / f"scale_{args.images}.md"
+    out.write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"first": first, "grown": grown}, indent=2))
+    fraction = grown["features"]["seconds"] / first["features"]["seconds"]
+    peak = max(r["peak_rss_mib"] for r in [*first.values(), *grown.values()])
+    sys.stdout.write(text + f"\nscale: N={args.images} max_rss_mib={peak:.0f} "
+                     f"incremental_features_fraction={fraction:.3f}\n")
+
+
+if __name__ == "__main__":
+    main()
