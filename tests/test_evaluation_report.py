@@ -21,6 +21,7 @@ from warmstart.config.params import Params
 from warmstart.inference.label_issues import (
     ISSUE_COLUMNS,
     LabelIssueError,
+    Search,
     find_training_label_issues,
 )
 from warmstart.inference.recorded import Predictions
@@ -72,8 +73,9 @@ TRANSFER_WRONG = {0: (1, 0.7), 1: (2, 0.7), 2: (2, 0.6), 5: (2, 0.9), 9: (0, 0.5
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, dict]:
     root = tmp_path_factory.mktemp("report")
-    params = write_params(root / "work", source(root), evaluate={"max_thumbnails": 2,
-                                                                   "label_issue_folds": 3})
+    params = write_params(root / "work", source(root), evaluate={
+        "max_thumbnails": 2, "label_issue_folds": 3,  # 3 of 12 training images per fold
+        "label_issue_c": 1.0})  # weakly regularised: the default's 0.01 suits thousands
     raw = params.path("raw")
     splits = {split: write_split(raw, split) for split in ("validation", "test")}
     runs = {"transfer": {s: recorded(p, TRANSFER_WRONG) for s, p in splits.items()},
@@ -171,15 +173,14 @@ def test_planted_label_errors_are_found_among_the_top_suspects(tmp_path: Path) -
     paths = [f"train/{i}.jpg" for i in range(count)]
     flipped = sorted(np.random.default_rng(5).permutation(count)[:21].tolist())  # 7 %
     given = plant_training_features(params, paths, flipped, dims=32)
-    issues = find_training_label_issues(params.path("features"), CLASSES, folds=5, seed=1,
-                                        limit=2 * len(flipped))
+    search = Search(folds=5, c=0.01, seed=1, limit=2 * len(flipped))
+    issues = find_training_label_issues(params.path("features"), CLASSES, search)
     found = {int(Path(p).stem) for p in issues["path"]}
     assert len(found & set(flipped)) >= 0.8 * len(flipped)
     assert issues["self_confidence"].is_monotonic_increasing
     rows = [int(Path(p).stem) for p in issues["path"]]
     assert list(issues["given_label"]) == [CLASSES[given[i]] for i in rows]
-    again = find_training_label_issues(params.path("features"), CLASSES, folds=5, seed=1,
-                                       limit=2 * len(flipped))
+    again = find_training_label_issues(params.path("features"), CLASSES, search)
     pd.testing.assert_frame_equal(issues, again)  # seeded: the same suspects every run
 
 
@@ -188,11 +189,11 @@ def test_label_issue_search_refuses_an_old_cache_and_too_many_folds(tmp_path: Pa
     folder.mkdir()
     np.savez(folder / "train.npz", features=np.zeros((6, 2)), labels=np.array([0, 1] * 3))
     with pytest.raises(LabelIssueError, match=r"train\.npz holds no image paths.*dvc repro"):
-        find_training_label_issues(folder, ["a", "b"], folds=2, seed=0, limit=5)
+        find_training_label_issues(folder, ["a", "b"], Search(folds=2, c=1.0, seed=0, limit=5))
     np.savez(folder / "train.npz", features=np.zeros((6, 2)), labels=np.array([0, 1] * 3),
              paths=np.array([f"{i}.jpg" for i in range(6)]))
     with pytest.raises(LabelIssueError, match="evaluate.label_issue_folds is 5.*only 3"):
-        find_training_label_issues(folder, ["a", "b"], folds=5, seed=0, limit=5)
+        find_training_label_issues(folder, ["a", "b"], Search(folds=5, c=1.0, seed=0, limit=5))
 
 
 def test_a_missing_image_is_an_error_naming_it(tmp_path: Path) -> None:

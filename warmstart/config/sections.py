@@ -404,6 +404,8 @@ class EvaluateParams:
     #: Folds of the out-of-fold head whose predictions rank the training split's label issues.
     label_issue_folds: Annotated[StrictInt, Field(ge=2), Fix(
         "Use at least 2 folds (5 is usual); each class needs as many training images.")]
+    #: C of the out-of-fold logistic regression (inverse regularisation strength).
+    label_issue_c: PositiveFloat
     max_label_issues: PositiveInt
 
 

@@ -65,17 +65,30 @@ def read_training_features(folder: Path) -> TrainingFeatures:
                                 data["paths"].tolist())
 
 
-def out_of_fold_probabilities(train: TrainingFeatures, classes: int, folds: int,
-                              seed: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Search:
+    """How the out-of-fold head is fit: ``folds`` (stratified, shuffled by ``seed``) and the
+    inverse regularisation strength ``c`` of the logistic regression; at most ``limit`` listed."""
+
+    folds: int
+    c: float
+    seed: int
+    limit: int
+
+
+def out_of_fold_probabilities(train: TrainingFeatures, classes: int, search: Search
+                              ) -> np.ndarray:
     """(n, classes) probabilities of each image from a head fit on the other folds only."""
+    folds = search.folds
     smallest = int(np.bincount(train.labels, minlength=classes).min())
     if smallest < folds:
         raise LabelIssueError(
             f"evaluate.label_issue_folds is {folds}, but a class has only {smallest} training "
             f"image(s): every fold needs each class. Set evaluate.label_issue_folds to at most "
             f"{smallest} (and at least 2), or add images.")
-    head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITERATIONS))
-    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    head = make_pipeline(StandardScaler(),
+                         LogisticRegression(C=search.c, max_iter=MAX_ITERATIONS))
+    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=search.seed)
     return cross_val_predict(head, train.features, train.labels, cv=splits, method="predict_proba")
 
 
@@ -94,16 +107,16 @@ def rank_label_issues(train: TrainingFeatures, probabilities: np.ndarray, classe
         columns=list(ISSUE_COLUMNS))
 
 
-def find_training_label_issues(folder: Path, classes: list[str], folds: int, seed: int,
-                               limit: int) -> pd.DataFrame:
+def find_training_label_issues(folder: Path, classes: list[str], search: Search
+                               ) -> pd.DataFrame:
     """The training split's likely label errors from the features cache in ``folder``."""
     start = time.perf_counter()
     train = read_training_features(folder)
-    probabilities = out_of_fold_probabilities(train, len(classes), folds, seed)
-    issues = rank_label_issues(train, probabilities, classes, limit)
-    logger.info("label issues (train split, %d-fold out-of-fold logistic regression on %d x %d "
-                "pooled features): %d listed in %.1f s", folds, *train.features.shape,
-                len(issues), time.perf_counter() - start)
+    probabilities = out_of_fold_probabilities(train, len(classes), search)
+    issues = rank_label_issues(train, probabilities, classes, search.limit)
+    logger.info("label issues (train split, %d-fold out-of-fold logistic regression, C=%g, on "
+                "%d x %d pooled features): %d listed in %.1f s", search.folds, search.c,
+                *train.features.shape, len(issues), time.perf_counter() - start)
     return issues
 
 

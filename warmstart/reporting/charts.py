@@ -57,9 +57,21 @@ def reliability_svg(curve: Calibration) -> str:
             f"<rect x='{pad}' y='{pad}' width='{SIDE}' height='{SIDE}' fill='none' "
             f"stroke='#999'/>{''.join(bars)}<line x1='{pad}' y1='{pad + SIDE}' "
             f"x2='{pad + SIDE}' y2='{pad}' stroke='#b3261e' stroke-dasharray='4'/>"
-            f"<text x='{pad + SIDE / 2}' y='{size - 8}' text-anchor='middle'>confidence</text>"
-            f"<text x='10' y='{pad + SIDE / 2}' transform='rotate(-90 10 {pad + SIDE / 2})' "
-            "text-anchor='middle'>accuracy</text></svg>")
+            f"{_ticks(pad)}<text x='{pad + SIDE / 2}' y='{size - 4}' text-anchor='middle'>"
+            f"confidence</text><text x='10' y='{pad + SIDE / 2}' "
+            f"transform='rotate(-90 10 {pad + SIDE / 2})' text-anchor='middle'>accuracy</text>"
+            "</svg>")
+
+
+def _ticks(pad: int) -> str:
+    """0, 0.5 and 1 along both axes."""
+    marks = []
+    for value in (0.0, 0.5, 1.0):
+        x, y = pad + value * SIDE, pad + SIDE - value * SIDE
+        marks.append(f"<text x='{x:.0f}' y='{pad + SIDE + 13}' text-anchor='middle'>{value:g}"
+                     f"</text><text x='{pad - 4}' y='{y + 4:.0f}' text-anchor='end'>{value:g}"
+                     "</text>")
+    return "".join(marks)
 
 
 def confusion_table(matrix: np.ndarray, classes: list[str]) -> str:

@@ -24,7 +24,11 @@ from sklearn.metrics import confusion_matrix
 from warmstart.atomic import write_text
 from warmstart.config.params import EvaluateParams, Params
 from warmstart.inference.candidate import MODELS
-from warmstart.inference.label_issues import find_training_label_issues, write_label_issues
+from warmstart.inference.label_issues import (
+    Search,
+    find_training_label_issues,
+    write_label_issues,
+)
 from warmstart.inference.recorded import Predictions, predict_labels
 from warmstart.inference.scoring import EPSILON, classification_metrics
 from warmstart.reporting.charts import (
@@ -93,9 +97,9 @@ def report_evaluation(params: Params, runs: dict[str, dict[str, Predictions]],
     (``{model: {split: Predictions}}``) and evaluate's ``candidate``."""
     options = params.evaluate
     classes = next(iter(next(iter(runs.values())).values())).classes
-    issues = find_training_label_issues(params.path("features"), classes,
-                                        options.label_issue_folds, params.train.seed,
-                                        options.max_label_issues)
+    search = Search(options.label_issue_folds, options.label_issue_c, params.train.seed,
+                    options.max_label_issues)
+    issues = find_training_label_issues(params.path("features"), classes, search)
     write_label_issues(params.path("label_issues"), issues)
     start, html_path = time.perf_counter(), params.path("evaluation_html")
     scored = {model: {split: score(run, options) for split, run in by_split.items()}
@@ -161,10 +165,10 @@ def model_split_section(model: str, split: str, result: Scored, gallery: Gallery
     m, classes = result.metrics, result.run.classes
     matrix = confusion_matrix(result.run.labels, result.predicted, labels=range(len(classes)))
     figures = "".join(f"<th>{name}</th>" for name in (*FIGURES, "ECE"))
-    values = "".join(f"<td>{_figure(m.get(name))}</td>" for name in FIGURES)
+    values = "".join(f"<td>{_figure(m[name])}</td>" for name in FIGURES)
     return (f"<h2 id='{model}-{split}'>{escape(model)} on the {escape(split)} split</h2>"
             f"<table><tr>{figures}</tr><tr>{values}<td>{_figure(result.curve.ece)}</td></tr>"
-            f"</table><p class='muted'>precision / recall / F1: {escape(m.get('average'))}"
+            f"</table><p class='muted'>precision / recall / F1: {escape(m['average'])}"
             f" average.</p><div class='row'><div><h3>Per class</h3>{per_class_table(m)}</div>"
             f"<div><h3>Confusion matrix</h3>{confusion_table(matrix, classes)}"
             f"{confused_list(matrix, classes)}</div><div><h3>Calibration</h3>"

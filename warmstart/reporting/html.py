@@ -25,7 +25,7 @@ table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding
 text-align:left;vertical-align:top} th{background:#f4f4f4}
 .bad{color:#b3261e;font-weight:600} .good{color:#185c22;font-weight:600} .muted{color:#777}
 .cards{display:flex;flex-wrap:wrap;gap:10px} .card{width:210px;border:1px solid #ddd;
-border-radius:6px;padding:6px;font-size:12px;word-break:break-all}
+border-radius:6px;padding:6px;font-size:12px;overflow-wrap:anywhere}
 .card img{display:block;max-width:96px;max-height:96px;margin-bottom:4px}
 .noimg{width:96px;height:64px;background:#eee;display:flex;align-items:center;
 justify-content:center;color:#777;margin-bottom:4px;text-align:center;font-size:11px}
