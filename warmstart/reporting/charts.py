@@ -41,7 +41,7 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int) -> Calib
 
 def reliability_svg(curve: Calibration) -> str:
     """Accuracy per confidence bin as bars over the diagonal of perfect calibration."""
-    pad, bars = 30, []
+    pad, bars = 36, []
     for low, high, count, accuracy, confidence in zip(
             curve.edges[:-1], curve.edges[1:], curve.counts, curve.accuracy, curve.confidence,
             strict=True):
@@ -58,8 +58,8 @@ def reliability_svg(curve: Calibration) -> str:
             f"stroke='#999'/>{''.join(bars)}<line x1='{pad}' y1='{pad + SIDE}' "
             f"x2='{pad + SIDE}' y2='{pad}' stroke='#b3261e' stroke-dasharray='4'/>"
             f"{_ticks(pad)}<text x='{pad + SIDE / 2}' y='{size - 4}' text-anchor='middle'>"
-            f"confidence</text><text x='10' y='{pad + SIDE / 2}' "
-            f"transform='rotate(-90 10 {pad + SIDE / 2})' text-anchor='middle'>accuracy</text>"
+            f"confidence</text><text x='8' y='{pad + SIDE / 2}' "
+            f"transform='rotate(-90 8 {pad + SIDE / 2})' text-anchor='middle'>accuracy</text>"
             "</svg>")
 
 
