@@ -176,6 +176,25 @@ def test_evaluate_imports_no_tensorflow(trained: Params) -> None:
     assert out.strip() == "[]"
 
 
+def test_evaluate_writes_the_report_and_label_issues_without_tensorflow(trained: Params) -> None:
+    """Run in a fresh process: the report and the label-issue search import no TensorFlow."""
+    code = ("import sys; from pathlib import Path; from warmstart.cli import stage_function; "
+            "from warmstart.config.params import load_params; stage_function('evaluate')("
+            f"load_params(Path({str(trained.root / 'params.yaml')!r}))); "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    page = trained.path("evaluation_html").read_text()
+    for model in ("transfer", "finetune"):
+        for split in ("validation", "test"):
+            assert f"id='{model}-{split}'>{model} on the {split} split</h2>" in page
+    issues = trained.path("label_issues").read_text().splitlines()
+    assert issues[0] == "rank,path,given_label,suggested_label,self_confidence,suggested_confidence"
+    train_paths = set(split_index(Manifest.read(trained.path("processed")), "train")[0])
+    assert all(row.split(",")[1] in train_paths for row in issues[1:])
+
+
 def test_evaluate_refuses_predictions_of_different_images() -> None:
     labels, probabilities = np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]])
     one = Predictions(["a.jpg", "b.jpg"], labels, probabilities, ["cats", "dogs"])

@@ -59,6 +59,11 @@ def split_stats_file(split: str) -> str:
     return f"stats_{split}.pb"
 
 
+def features_file(split: str) -> str:
+    """One split's pooled features, labels and image paths (``paths.features``, an .npz)."""
+    return f"{split}.npz"
+
+
 def confusion_plot(stage: str, split: str) -> str:
     """The evaluate stage's (actual, predicted) rows of one model on one split."""
     return f"confusion_{stage}_{split}.csv"

@@ -121,10 +121,11 @@ def plant_features(params: Params, contradicted: float = 0.0, seed: int = 0) -> 
     centres = rng.normal(size=(2, dims)).astype(np.float32)
     for split in SPLITS:
         with np.load(folder / f"{split}.npz") as data:
-            labels = data["labels"]
+            labels, paths = data["labels"], data["paths"]
         where = labels.copy()
         if split == VALIDATION:
             flip = rng.permutation(len(labels))[:round(contradicted * len(labels))]
             where[flip] = 1 - where[flip]
         noise = rng.normal(scale=0.5, size=(len(labels), dims)).astype(np.float32)
-        np.savez(folder / f"{split}.npz", features=centres[where] + noise, labels=labels)
+        np.savez(folder / f"{split}.npz", features=centres[where] + noise, labels=labels,
+                 paths=paths)

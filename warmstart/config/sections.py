@@ -164,6 +164,8 @@ class PathsParams:
     transfer_history: RelPath
     finetune_history: RelPath
     evaluate_plots: RelPath
+    evaluation_html: RelPath
+    label_issues: RelPath
     export_model: RelPath
     export_metrics: RelPath
     model_card: RelPath
@@ -394,6 +396,17 @@ class EvaluateParams:
                          Fix("Use a decision threshold in (0, 1).")]
     #: The validation figure the candidate (transfer or fine-tuned model) is chosen on.
     select_on: Literal["accuracy", "balanced_accuracy", "macro_f1", "loss"]
+    #: Most images per gallery of reports/evaluation.html (top losses, changed verdicts, label
+    #: issues): bounds the page's size and the thumbnails made.
+    max_thumbnails: PositiveInt
+    calibration_bins: Annotated[StrictInt, Field(ge=2), Fix(
+        "Use at least 2 confidence bins, e.g. 10.")]
+    #: Folds of the out-of-fold head whose predictions rank the training split's label issues.
+    label_issue_folds: Annotated[StrictInt, Field(ge=2), Fix(
+        "Use at least 2 folds (5 is usual); each class needs as many training images.")]
+    #: C of the out-of-fold logistic regression (inverse regularisation strength).
+    label_issue_c: PositiveFloat
+    max_label_issues: PositiveInt
 
 
 @section

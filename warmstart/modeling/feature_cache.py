@@ -2,10 +2,10 @@
 
 Written by the ``features`` stage into ``paths.features``: ``base.keras`` (the exact base the
 features came from: the transfer stage builds its classifier on it), ``<split>.npz`` (pooled
-``features``, ``labels``) and ``features.json`` (counts, timings and the cache key: data, image
-size, architecture, alpha, weights file hash, base weights). The key also catches a weights file
-rewritten in place under the same path, which DVC cannot see; the transfer stage refuses a stale
-cache.
+``features``, ``labels``, image ``paths``) and ``features.json`` (counts, timings and the cache
+key: data, image size, architecture, alpha, weights file hash, base weights). The key also
+catches a weights file rewritten in place under the same path, which DVC cannot see; the
+transfer stage refuses a stale cache.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tensorflow as tf
 from warmstart.config.params import BaseParams
 from warmstart.data.records import Manifest, without_autotuning
 from warmstart.hashing import sha256_of
-from warmstart.layout import FEATURES_INFO_FILE
+from warmstart.layout import FEATURES_INFO_FILE, features_file
 from warmstart.modeling.cache_keys import check_cache, data_digest, weights_digest
 
 
@@ -40,7 +40,7 @@ def check_features(folder: Path, manifest: Manifest, base: keras.Model, variant:
 
 
 def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(folder / f"{split}.npz") as data:
+    with np.load(folder / features_file(split)) as data:
         return data["features"], data["labels"]
 
 

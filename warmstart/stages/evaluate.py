@@ -15,7 +15,9 @@ image count; the baseline always answers the training split's most frequent clas
 ``candidate``: the better model on validation by ``evaluate.select_on``, which `export` ships and
 the gate judges, with the reason), and per
 model and split ``confusion_<stage>_<split>.csv`` (actual, predicted) and
-``roc_<stage>_<split>.csv`` (fpr, tpr) under ``paths.evaluate_plots``.
+``roc_<stage>_<split>.csv`` (fpr, tpr) under ``paths.evaluate_plots``. Then
+``reporting/evaluation.py`` writes ``paths.evaluation_html`` (the page people look at) and
+``paths.label_issues`` (the training split's likely label errors, from ``paths.features``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from warmstart.inference.recorded import (
 )
 from warmstart.inference.scoring import classification_metrics, majority_baseline, roc_points
 from warmstart.layout import TRAIN, confusion_plot, roc_plot
+from warmstart.reporting.evaluation import report_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ def run_evaluate(params: Params) -> dict:
     logger.info("candidate: %s (%s)", results["candidate"]["model"],
                 results["candidate"]["reason"])
     write_json(params.path("evaluate_metrics"), results)
+    report_evaluation(params, runs, results["candidate"])
     return results
 
 

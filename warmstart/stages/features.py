@@ -7,10 +7,11 @@ pass, into two DVC outputs:
 
 * ``paths.features``: ``base.keras`` (the exact base the caches came from: the transfer stage
   builds its classifier on it), ``<split>.npz`` for train, validation and test (pooled
-  ``features``, ``labels``) and ``features.json`` (counts, timings and the cache key: data,
-  image size, architecture, alpha, weights file hash, base weights). The transfer stage depends
-  on this output only, so changing ``fine_tune_at`` leaves it byte-identical and DVC does not
-  re-run transfer.
+  ``features``, ``labels`` and the image ``paths``, relative to ``paths.raw``: evaluate's
+  label-issue search names the files) and ``features.json`` (counts, timings and the cache
+  key: data, image size, architecture, alpha, weights file hash, base weights). The transfer
+  stage depends on this output only, so changing ``fine_tune_at`` leaves it byte-identical and
+  DVC does not re-run transfer.
 * ``paths.prefix``: the boundary tensors of the fine-tune cut (see ``modeling/prefix_cache.py``):
   the training split as ``finetune.cache_dtype``, validation and test as float32, so that the
   finetune stage's validation and test predictions are exactly the full model's.
@@ -30,8 +31,15 @@ from tqdm import tqdm
 
 from warmstart.atomic import atomic_dir, write_json
 from warmstart.config.params import Params
-from warmstart.data.records import Manifest, image_dataset, labels_of
-from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, PREFIX_INFO_FILE, SPLITS, TRAIN
+from warmstart.data.records import Manifest, image_dataset, split_index
+from warmstart.layout import (
+    BASE_FILE,
+    FEATURES_INFO_FILE,
+    PREFIX_INFO_FILE,
+    SPLITS,
+    TRAIN,
+    features_file,
+)
 from warmstart.modeling.cache_keys import make_key
 from warmstart.modeling.feature_cache import features_key
 from warmstart.modeling.model import FineTuneAt, base_input, build_base, fine_tune_index, save_model
@@ -63,8 +71,9 @@ def run_features(params: Params) -> Path:
             split_dtype = dtype if split == TRAIN else "float32"
             pooled, boundary, seconds = extract(extractor, manifest, split,
                                                 params.train.batch_size, split_dtype)
-            labels = labels_of(manifest, split)
-            np.savez(features / f"{split}.npz", features=pooled, labels=labels)
+            paths, labels = split_index(manifest, split)
+            np.savez(features / features_file(split), features=pooled, labels=labels,
+                     paths=np.array(paths, dtype=np.str_))
             save_prefix(prefix, split, boundary, labels)
             features_info["splits"][split] = {"count": len(pooled), "seconds": round(seconds, 2)}
             prefix_info["splits"][split] = {"count": len(pooled), "dtype": split_dtype,

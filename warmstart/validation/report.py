@@ -9,8 +9,6 @@ and thumbnails of what the training decoder sees, embedded as data URIs.
 
 from __future__ import annotations
 
-import base64
-import html
 import logging
 import os
 from pathlib import Path
@@ -22,30 +20,15 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 from warmstart.atomic import write_text
 from warmstart.data.decode import decode_rgb
 from warmstart.layout import ANOMALIES_FILE, FACETS_FILE, QUARANTINE_FILE, split_stats_file
+from warmstart.reporting.html import THUMB_PIXELS, card, jpeg_uri, page
+from warmstart.reporting.html import escape as _e
 from warmstart.validation.findings import Findings
 from warmstart.validation.table import OK, STAT_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 Stats = statistics_pb2.DatasetFeatureStatisticsList
-THUMB_PIXELS = 96
 MEASURE_SIGNS = {"L_INFTY": "L∞", "JENSEN_SHANNON_DIVERGENCE": "JSD"}
-STYLE = """
-body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
-h1{margin:0 0 8px} h2{margin-top:28px;border-bottom:1px solid #ccc}
-.banner{padding:10px 14px;border-radius:6px;font-weight:600;margin:12px 0}
-.pass{background:#e3f6e5;color:#185c22} .fail{background:#fde4e1;color:#8a1c12}
-table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 8px;
-text-align:left;vertical-align:top} th{background:#f4f4f4}
-.bad{color:#b3261e;font-weight:600} .muted{color:#777}
-.cards{display:flex;flex-wrap:wrap;gap:10px} .card{width:210px;border:1px solid #ddd;
-border-radius:6px;padding:6px;font-size:12px;word-break:break-all}
-.card img{display:block;max-width:96px;max-height:96px;margin-bottom:4px}
-.noimg{width:96px;height:64px;background:#eee;display:flex;align-items:center;
-justify-content:center;color:#777;margin-bottom:4px;text-align:center;font-size:11px}
-.tag{display:inline-block;background:#fde4e1;color:#8a1c12;border-radius:3px;padding:0 4px}
-.bar{display:inline-block;height:10px;background:#4a78c2;vertical-align:middle}
-"""
 
 
 def log_summary(table: pd.DataFrame, findings: Findings, metrics: dict, report: Path) -> None:
@@ -88,18 +71,15 @@ def write_html(path: Path, folders: tuple[Path, Path], table: pd.DataFrame, find
     raw, report = folders
     thumbs = thumbnails(raw, table, findings, max_thumbnails)
     verdict = "pass" if findings.ok else "fail"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Data validation"
-             f"</title><style>{STYLE}</style></head><body><h1>Data validation</h1>",
-             f"<div class='banner {verdict}'>{'PASSED' if findings.ok else 'FAILED'} — policy "
+    parts = [f"<div class='banner {verdict}'>{'PASSED' if findings.ok else 'FAILED'} — policy "
              f"<code>{findings.policy}</code>: {len(table)} files, "
              f"{int(table['quarantined'].sum())} quarantined, {len(findings.blocking)} blocking "
              f"problem(s), {len(findings.warnings)} warning(s), {findings.anomaly_count} TFDV "
              "anomal(y/ies)</div>",
              _splits_table(table, findings.balance), _anomalies_section(findings),
              _problems_section(findings, thumbs), _drift_section(findings), _stats_section(stats),
-             _links(os.path.relpath(report, path.parent)),
-             "</body></html>"]
-    write_text(path, "\n".join(parts))
+             _links(os.path.relpath(report, path.parent))]
+    write_text(path, page("Data validation", parts))
 
 
 def _links(folder: str) -> str:
@@ -122,7 +102,7 @@ def _thumbnail(path: Path) -> str:
     small = tf.image.resize(image, (THUMB_PIXELS, THUMB_PIXELS), preserve_aspect_ratio=True,
                             antialias=True)
     jpeg = tf.io.encode_jpeg(tf.cast(tf.round(small), tf.uint8), quality=80).numpy()
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+    return jpeg_uri(jpeg)
 
 
 def _splits_table(table: pd.DataFrame, balance: dict[str, dict]) -> str:
@@ -172,10 +152,8 @@ def _problems_section(findings: Findings, thumbs: dict[str, str]) -> str:
 
 
 def _card(path: str, reason: str, thumb: str | None, quarantined: bool) -> str:
-    image = (f"<img src='{thumb}' alt='{_e(path)}'>" if thumb else
-             "<div class='noimg'>no preview</div>")
     tag = "<span class='tag'>quarantined</span> " if quarantined else ""
-    return f"<div class='card'>{image}{tag}<b>{_e(path)}</b><br>{_e(reason)}</div>"
+    return card(thumb, path, f"{tag}<b>{_e(path)}</b><br>{_e(reason)}")
 
 
 def _drift_section(findings: Findings) -> str:
@@ -245,6 +223,3 @@ def _histogram_svg(numbers: statistics_pb2.NumericStatistics) -> str:
                    f"{b.sample_count:g}</title></rect>" for i, b in enumerate(buckets))
     return f"<svg width='200' height='40' role='img'>{bars}</svg>"
 
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)

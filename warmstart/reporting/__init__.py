@@ -1,0 +1,1 @@
+"""Offline, self-contained HTML reports (validation, evaluation): shared page pieces."""
