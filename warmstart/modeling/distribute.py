@@ -16,9 +16,12 @@ optimisation whatever the strategy. The stages build and compile their models in
 Keras 3.3 (TF backend) trains WRONGLY under a multi-replica strategy: its optimizer applies each
 replica's gradients to that replica's copy of the weights without all-reducing them (the copies
 drift apart and ``get_weights`` returns replica 0's), and its metric variables are not aggregated
-either (keras-team/keras#19891, fixed upstream in later 3.x). :func:`patch_keras_distribution`
-fixes both for the versions it was verified on; ``tests/test_strategy.py`` checks that a
-mirrored run follows the default one step for step.
+either (keras-team/keras#19891, fixed upstream in later 3.x); once they are, its metric updates
+(``v.assign(v + x)``) re-count every earlier batch, and under ``multi_worker`` its epoch logs
+fail to reduce. :func:`patch_keras_distribution` fixes all of these for the versions it was
+verified on; ``tests/test_strategy.py`` checks that a mirrored run follows the default one step
+for step, ``tests/test_multi_worker.py`` the same of two worker processes. Only the chief
+(worker 0) writes a stage's outputs (:func:`worker_outputs`).
 """
 
 from __future__ import annotations
