@@ -16,20 +16,27 @@ optimisation whatever the strategy. The stages build and compile their models in
 Keras 3.3 (TF backend) trains WRONGLY under a multi-replica strategy: its optimizer applies each
 replica's gradients to that replica's copy of the weights without all-reducing them (the copies
 drift apart and ``get_weights`` returns replica 0's), and its metric variables are not aggregated
-either (keras-team/keras#19891, fixed upstream in later 3.x). :func:`patch_keras_distribution`
-fixes both for the versions it was verified on; ``tests/test_strategy.py`` checks that a
-mirrored run follows the default one step for step.
+either (keras-team/keras#19891, fixed upstream in later 3.x); once they are, its metric updates
+(``v.assign(v + x)``) re-count every earlier batch, and under ``multi_worker`` its epoch logs
+fail to reduce. :func:`patch_keras_distribution` fixes all of these for the versions it was
+verified on; ``tests/test_strategy.py`` checks that a mirrored run follows the default one step
+for step, ``tests/test_multi_worker.py`` the same of two worker processes. Only the chief
+(worker 0) writes a stage's outputs (:func:`worker_outputs`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
+from keras import tree
 
+from warmstart.config.params import Params
 from warmstart.errors import WarmstartError
 
 logger = logging.getLogger(__name__)
@@ -95,6 +102,25 @@ def check_tf_config() -> dict:
     return config
 
 
+def worker_outputs(params: Params, strategy: tf.distribute.Strategy, stage: str) -> Params:
+    """``params`` with ``stage``'s outputs (``paths.<stage>_*``) and its per-epoch backups moved,
+    on every worker but the chief (``TF_CONFIG`` index 0), to ``<paths.checkpoints>/worker-<i>/``.
+
+    Every worker of a multi-worker run computes and saves the same model (TF's docs: the others
+    write to their own temporary folder); the chief's are the outputs, so a worker sharing the
+    chief's folder (one machine, a shared disk) must not overwrite them, nor its backups."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    index = resolver.task_id if resolver is not None and resolver.task_type else 0
+    if not index:
+        return params
+    own = f"{params.paths.checkpoints}/worker-{index}"
+    moved = {key: f"{own}/{value}" for key, value in dataclasses.asdict(params.paths).items()
+             if key.startswith(f"{stage}_") or key == "checkpoints"}
+    logger.info("worker %d of a multi-worker run: %s outputs go to %s, not the chief's", index,
+                stage, own)
+    return dataclasses.replace(params, paths=dataclasses.replace(params.paths, **moved))
+
+
 def describe(strategy: tf.distribute.Strategy, name: str, batch_size: int) -> None:
     replicas = strategy.num_replicas_in_sync
     logger.info("train.strategy %s: %d replica(s); global batch %d = %s per replica", name,
@@ -113,11 +139,13 @@ def patch_keras_distribution() -> None:
                        "are verified on Keras %s only; run tests/test_strategy.py before trusting "
                        "a multi-replica run", keras.__version__, " ".join(PATCHED_KERAS))
         return
-    from keras.src.backend.tensorflow import core, optimizer
+    from keras.src.backend.tensorflow import core, optimizer, trainer
 
     if getattr(optimizer.TFOptimizer, "_warmstart_patched", False):
         return
     core.Variable._initialize = _initialize_with_aggregation
+    core.Variable._direct_assign = _assign_summing_replicas
+    trainer.reduce_per_replica = _reducing_scalars_over_workers(trainer.reduce_per_replica)
     update_step = optimizer.TFOptimizer._backend_update_step
 
     def update_with_mean_gradients(self: object, grads: list, variables: list,
@@ -128,6 +156,22 @@ def patch_keras_distribution() -> None:
     optimizer.TFOptimizer._warmstart_patched = True
 
 
+def _reducing_scalars_over_workers(reduce_per_replica: Callable) -> Callable:
+    """Keras 3.3 means ``fit``'s and ``evaluate``'s logs across workers with
+    ``strategy.reduce("MEAN", v, axis=0)``, which fails on their scalars ("Invalid reduction
+    dimension 0 for input with 0 dimensions"): mean them over the replicas instead (axis None).
+    The metric variables are aggregated (:func:`_initialize_with_aggregation`), so every
+    replica holds the same value and the mean is that value."""
+    from keras.src.backend.tensorflow.trainer import _collective_all_reduce_multi_worker
+
+    def reduce(values: object, strategy: tf.distribute.Strategy, reduction: str) -> object:
+        if reduction in ("auto", "mean") and _collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    return reduce
+
+
 def _initialize_with_aggregation(self: keras.Variable, value: object) -> None:
     """Keras 3.3 drops ``aggregation`` when making the tf.Variable: pass it on (int -> first)."""
     aggregation = _AGGREGATIONS[self.aggregation]
@@ -135,6 +179,20 @@ def _initialize_with_aggregation(self: keras.Variable, value: object) -> None:
         aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
     self._value = tf.Variable(value, dtype=self._dtype, trainable=self.trainable, name=self.name,
                               aggregation=aggregation)
+
+
+def _assign_summing_replicas(self: keras.Variable, value: object) -> None:
+    """Keras 3.3 metrics update as ``v.assign(v + x)``; on a SUM-aggregated variable (every
+    metric's) in replica context tf.distribute sums the assigned values, giving ``n * v + sum(x)``
+    on n replicas: every step re-counts all earlier ones. Assign the replica's increment
+    instead, which tf.distribute sums into ``v + sum(x)``. Elsewhere (resets between epochs run in
+    cross-replica context, one replica) an assignment stays an assignment."""
+    value = tf.cast(value, self._value.dtype)
+    context = tf.distribute.get_replica_context()
+    if self.aggregation == "sum" and context is not None and context.num_replicas_in_sync > 1:
+        self._value.assign_add(value - self._value)
+    else:
+        self._value.assign(value)
 
 
 def mean_over_replicas(grads: list) -> list:

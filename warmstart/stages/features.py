@@ -41,6 +41,7 @@ from warmstart.layout import (
     features_file,
 )
 from warmstart.modeling.cache_keys import make_key
+from warmstart.modeling.cache_size import cache_bytes, check_disk_space
 from warmstart.modeling.feature_cache import features_key
 from warmstart.modeling.model import FineTuneAt, base_input, build_base, fine_tune_index, save_model
 from warmstart.modeling.prefix_cache import prefix_key, save_prefix
@@ -56,6 +57,9 @@ def run_features(params: Params) -> Path:
     at = fine_tune_index(base, params.finetune.fine_tune_at)
     dtype = params.finetune.cache_dtype
     extractor = one_pass_extractor(base, at)
+    counts = {split: manifest.count(split) for split in SPLITS}
+    check_disk_space({key: params.path(key) for key in ("features", "prefix")},
+                     cache_bytes(base, extractor, counts, dtype))
     features_info = {"image_size": manifest.image_size,
                      "architecture": params.base.architecture, "alpha": params.base.alpha,
                      "feature_dim": int(extractor.outputs[0].shape[-1]), "splits": {},

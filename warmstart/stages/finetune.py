@@ -33,6 +33,7 @@ from warmstart.data.records import Manifest
 from warmstart.hashing import sha256_of
 from warmstart.layout import MODEL_FILE, PREFIX_INFO_FILE, SPLITS, TRAIN, VALIDATION
 from warmstart.modeling.augment import augmented_training
+from warmstart.modeling.distribute import worker_outputs
 from warmstart.modeling.model import compile_model, find_base, load_model, save_model, unfreeze_from
 from warmstart.modeling.prefix_cache import check_prefix, prefix_dataset
 from warmstart.modeling.stopping import Stopping
@@ -58,6 +59,7 @@ SECTIONS = ("data", "train", "finetune", "augment")
 
 def run_finetune(params: Params) -> Path:
     strategy, manifest = start_training(params.train, params.path("processed"))
+    params = worker_outputs(params, strategy, "finetune")
     with strategy.scope():
         model = load_model(params.path("transfer_model") / MODEL_FILE)
         trainable = unfreeze_from(find_base(model), params.finetune.fine_tune_at)

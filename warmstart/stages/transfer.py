@@ -29,6 +29,7 @@ from warmstart.config.params import Params
 from warmstart.data.records import Manifest
 from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, MODEL_FILE, SPLITS, TRAIN, VALIDATION
 from warmstart.modeling.augment import augmented_training
+from warmstart.modeling.distribute import worker_outputs
 from warmstart.modeling.feature_cache import check_features, feature_dataset, load_features
 from warmstart.modeling.lr_search import choose_learning_rate
 from warmstart.modeling.model import (
@@ -61,6 +62,7 @@ SECTIONS = ("data", "base", "head", "train", "transfer", "augment")
 
 def run_transfer(params: Params) -> Path:
     strategy, manifest = start_training(params.train, params.path("processed"))
+    params = worker_outputs(params, strategy, "transfer")
     with strategy.scope():
         model, backup, outputs, choice = train_classifier(params, manifest)
         save_model(model, params.path("transfer_model") / MODEL_FILE)
