@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.helpers.files import folder_bytes
 from tests.helpers.project import plant_features, prepare_project
 from tests.helpers.shared import REPO
 from warmstart.config.params import Params, load_params
@@ -74,10 +75,11 @@ def kill_after(params: Params, stage: str, line: str) -> str:
 
 
 def outputs(params: Params, stage: str) -> dict[str, bytes | list[bytes]]:
-    """What must be identical: every weight's bytes, the history CSV, the metrics JSON."""
+    """What must be identical: every weight's bytes, the DVCLive history files (curves and
+    latest epoch), the metrics JSON."""
     model = load_model(params.path(f"{stage}_model") / MODEL_FILE)
     return {"weights": [np.asarray(w).tobytes() for w in model.get_weights()],
-            "history": params.path(f"{stage}_history").read_bytes(),
+            "history": folder_bytes(params.path(f"{stage}_history")),
             "metrics": params.path(f"{stage}_metrics").read_bytes()}
 
 
