@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -186,3 +187,18 @@ def test_metrics_files_are_declared_as_dvc_metrics_and_details_as_plain_outs() -
         assert f"- ${{paths.{stage}_history}}/plots:" in text
     metrics_blocks = re.findall(r"    metrics:\n((?:      .*\n)+)", text)
     assert metrics_blocks and not any("details" in block for block in metrics_blocks)
+
+
+def test_dvclive_files_are_written_in_a_git_repository_without_commits(tmp_path) -> None:
+    """`git init` then `dvc repro` before the first commit: DVCLive 3.49's own repository
+    probing fails there (Empty git repo); warmstart's writer does not probe."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    code = ("from pathlib import Path; from warmstart.live import write_history; "
+            "write_history(Path('dvclive/x'), [{'epoch': 1, 'loss': 0.5, 'accuracy': 0.75, "
+            "'val_loss': 0.6, 'val_accuracy': 0.5}])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, timeout=120,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert read_history(tmp_path / "dvclive" / "x") == [
+        {"epoch": 1, "loss": 0.5, "accuracy": 0.75, "val_loss": 0.6, "val_accuracy": 0.5}]

@@ -6,8 +6,11 @@ live while a stage trains. A training stage's history folder (``paths.<stage>_hi
 transfer into finetune) and ``metrics.json`` (the latest epoch). DVCLive is used as a writer only:
 it never writes ``dvc.yaml`` (``dvcyaml=None``: dvc.yaml declares these files), never makes its
 own experiment commits (``save_dvc_exp=False``), logs no timestamps (equal runs write equal
-bytes) and is never resumed from its own files: a resumed stage rewrites them from the backed-up
-history rows (``modeling/training.py``), so they match an uninterrupted run's. No TensorFlow here.
+bytes); only ``log_metric``, ``log_sklearn_plot`` and ``make_summary`` are called, never
+``next_step``/``end`` (inside ``dvc exp run``, ``end`` would ``git add`` the folder; neither posts
+to DVC Studio here). It is never resumed from its own files: a resumed stage rewrites them from
+the backed-up history rows (``modeling/training.py``), so they match an uninterrupted run's. No
+TensorFlow here.
 """
 
 from __future__ import annotations
@@ -29,10 +32,19 @@ LIVE_PLOTS_DIR = "plots"
 LIVE_CURVES_DIR = "plots/metrics"
 
 
+class LiveFiles(Live):
+    """DVCLive's writer without its repository probing: ``Live._init_dvc`` (experiment name,
+    baseline commit) is only needed to save experiments, and in DVCLive 3.49 it fails in a git
+    repository without commits (scmrepo ``SCMError: Empty git repo``), where `dvc repro` runs."""
+
+    def _init_dvc(self) -> None:
+        self._dvc_repo = None
+
+
 def open_live(folder: Path) -> Live:
     """A DVCLive writer on ``folder`` (emptied of earlier DVCLive files), and nothing else."""
-    return Live(dir=str(folder), resume=False, report=None, save_dvc_exp=False, dvcyaml=None,
-                monitor_system=False)
+    return LiveFiles(dir=str(folder), resume=False, report=None, save_dvc_exp=False,
+                     dvcyaml=None, monitor_system=False)
 
 
 def log_epoch(live: Live, row: dict) -> None:
