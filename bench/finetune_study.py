@@ -151,7 +151,8 @@ def variant_folder(prepared_project: Path, name: str, params: dict) -> Path:
 
 def transfer_outputs(params: dict) -> list[str]:
     paths = params["paths"]
-    return [paths[f"transfer_{kind}"] for kind in ("model", "metrics", "predictions", "history")]
+    return [paths[f"transfer_{kind}"] for kind in ("model", "metrics", "details", "predictions",
+                                                  "history")]
 
 
 def run_variant(prepared_project: Path, name: str, overrides: dict, done: dict,

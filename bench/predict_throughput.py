@@ -37,7 +37,8 @@ def main() -> None:
     images = Path(args.images or params.path("raw") / VALIDATION)
     with tempfile.TemporaryDirectory(prefix="warmstart-bench-") as tmp:
         paths = dataclasses.replace(params.paths, export_model=f"{tmp}/export",
-                                    export_metrics=f"{tmp}/export.json")
+                                    export_metrics=f"{tmp}/export.json",
+                                    export_details=f"{tmp}/export_details.json")
         params = dataclasses.replace(params, paths=paths)
         started = time.perf_counter()
         results = run_export(params)

@@ -25,7 +25,7 @@ def publish_artifacts(root: Path, params: Params, outcomes: list[StageOutcome],
                       title: str) -> None:
     """Create the three artifacts; each only from files the run (or an earlier one) wrote."""
     create_markdown_artifact(metrics_markdown(root, outcomes, title)
-                             + candidate_markdown(params.path("evaluate_metrics")),
+                             + candidate_markdown(params.path("evaluate_details")),
                              key=METRICS_KEY,
                              description="Stages, metrics and `dvc metrics diff` vs HEAD")
     publish_validation(params)
@@ -123,15 +123,16 @@ def anomaly_rows(report: dict) -> list[dict[str, str]]:
 
 
 def plots_markdown(root: Path) -> str:
-    lines = ["# Plots", "", "Render them all with `dvc plots show` (or compare with a commit: "
-             "`dvc plots diff HEAD`) in the project folder.", ""]
-    for path in plot_files(root):
-        lines.append(f"- [{path.relative_to(root)}]({path.as_uri()})")
+    lines = ["# Plots", "", "Render them all with `dvc plots show` (offline: the page template "
+             "inlines Vega; or compare with a commit: `dvc plots diff HEAD`) in the project "
+             "folder.", ""]
+    for name in plot_names(root):
+        path = root / name
+        lines.append(f"- [{name}]({path.as_uri()})" if path.is_file() else f"- {name}")
     return "\n".join(lines) + "\n"
 
 
-def plot_files(root: Path) -> list[Path]:
-    """Every plot file of the project as `dvc plots show` finds them (plots outputs of dvc.yaml,
-    folders expanded); plot definitions named by a title rather than a file are left out."""
-    shown = plots_show(root).get("data", {})
-    return sorted(root / name for name in shown if (root / name).is_file())
+def plot_names(root: Path) -> list[str]:
+    """Every plot `dvc plots show` renders: the titles of dvc.yaml's plot definitions (they
+    read DVCLive's files) and any plot file a stage declares."""
+    return sorted(plots_show(root).get("data", {}))

@@ -60,7 +60,10 @@ def make_project(tmp_path: Path, stages: list[str] | None = None,
     work.mkdir()
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
     if stages is not None:
-        pipeline = {"stages": {k: v for k, v in pipeline["stages"].items() if k in stages}}
+        kept = {"stages": {k: v for k, v in pipeline["stages"].items() if k in stages}}
+        if "evaluate" in stages:  # the top-level plots read the training and evaluate outputs
+            kept["plots"] = pipeline["plots"]
+        pipeline = kept
     pipeline["stages"].update(extra_stages or {})
     (work / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     shutil.copytree(REPO / "warmstart", work / "warmstart",

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from tests.helpers.files import folder_bytes
 from warmstart.config.params import Params
 from warmstart.layout import MODEL_FILE
 from warmstart.modeling.model import load_model
@@ -15,14 +16,15 @@ from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune
 from warmstart.stages.transfer import run_transfer
 
-METRICS = ("transfer_metrics", "finetune_metrics", "evaluate_metrics", "transfer_history",
-           "finetune_history")
+#: Files, and folders (every file in them), that two equal runs must write byte for byte.
+OUTPUTS = ("transfer_metrics", "finetune_metrics", "evaluate_metrics", "transfer_details",
+           "evaluate_details", "transfer_history", "finetune_history", "evaluate_plots")
 
 
 def train_once(params) -> tuple[dict[str, bytes], list[np.ndarray]]:
     for stage in (run_features, run_transfer, run_finetune, run_evaluate):
         stage(params)
-    files = {key: params.path(key).read_bytes() for key in METRICS}
+    files = {key: folder_bytes(params.path(key)) for key in OUTPUTS}
     weights = load_model(params.path("finetune_model") / MODEL_FILE).get_weights()
     return files, weights
 
@@ -33,6 +35,7 @@ def test_two_runs_give_identical_metrics_and_weights(
     params = tiny_project(train={"class_weight": class_weight})
     first_files, first_weights = train_once(params)
     second_files, second_weights = train_once(params)
+    assert all(first_files.values()), "every output was written"
     assert first_files == second_files
     assert len(first_weights) == len(second_weights)
     for a, b in zip(first_weights, second_weights, strict=True):

@@ -36,7 +36,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Params:
 
 
 def export_metrics(params: Params) -> dict:
-    return json.loads(params.path("export_metrics").read_text())
+    """The export's full record (sizes, files, parity): ``paths.export_details``."""
+    return json.loads(params.path("export_details").read_text())
 
 
 def test_export_writes_every_artefact_with_its_size(exported: Params) -> None:
@@ -108,7 +109,7 @@ def test_parity_violation_fails_and_keeps_the_previous_export(
                       for p in folder.rglob("*")) == before
         assert export_metrics(exported)["passed"] is False
     finally:
-        write_json(exported.path("export_metrics"), good)
+        write_json(exported.path("export_details"), good)
 
 
 def test_saved_model_must_reproduce_the_recorded_predictions(exported: Params) -> None:
@@ -128,7 +129,7 @@ def test_saved_model_must_reproduce_the_recorded_predictions(exported: Params) -
             run_export(exported)
     finally:
         recorded.write_text(good)
-        write_json(exported.path("export_metrics"), good_metrics)
+        write_json(exported.path("export_details"), good_metrics)
 
 
 def test_parity_problems_name_each_artefact_and_bound() -> None:
@@ -162,7 +163,7 @@ def test_model_card_states_version_params_metrics_and_sizes(exported: Params) ->
     assert "Classes (2): cats, dogs" in card
     assert "| split | cats | dogs | images |" in card  # split sizes per class
     assert "| train | 12 | 12 | 24 |\n| validation | 6 | 6 | 12 |\n| test | 6 | 6 | 12 |" in card
-    evaluation = json.loads(exported.path("evaluate_metrics").read_text())
+    evaluation = json.loads(exported.path("evaluate_details").read_text())
     baseline = evaluation["majority_baseline"]
     for split in ("test", "validation"):  # per split, naming it, beside the baseline
         assert f"**{split.capitalize()} split** (12 images;" in card

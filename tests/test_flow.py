@@ -87,7 +87,7 @@ def test_flow_runs_skips_and_reruns_only_changed_stages(prefect, tmp_path: Path)
     metrics = artifact("warmstart-metrics").data
     assert "| finetune | ran |" in metrics and "metrics/evaluate.json" in metrics
     assert "Validation passed" in artifact("warmstart-validation").data
-    assert "plots/evaluate/roc_finetune_test.csv" in artifact("warmstart-plots").data
+    assert "- Confusion matrix, fine-tuned model, test split" in artifact("warmstart-plots").data
     commit_all(project, "first run")
 
     second, name = run_flow(project)

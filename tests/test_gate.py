@@ -73,7 +73,8 @@ def candidate(params: Params, model: str = "right") -> float:
 
 
 def gate_json(params: Params) -> dict:
-    return json.loads(params.path("gate_metrics").read_text())
+    """The gate's full decision record: ``paths.gate_details``."""
+    return json.loads(params.path("gate_details").read_text())
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -97,6 +98,10 @@ def test_first_run_passes_on_the_baseline_and_promotes(params: Params) -> None:
     assert result["thresholds"] == {"min_gain_over_baseline": 0.0, "min_accuracy": None,
                                     "max_drop": 0.01}
     assert gate_json(params) == json.loads(json.dumps(result))
+    # metrics/gate.json: the verdict and the compared test figures, nothing run-dependent
+    assert json.loads(params.path("gate_metrics").read_text()) == {
+        "passed": True, "candidate": "transfer",
+        "test": {"candidate_accuracy": 1.0, "majority_baseline_accuracy": 0.333333}}
     promoted = params.path("promoted_model")
     assert snapshot(params.path("export_model")).items() <= snapshot(promoted).items()
     assert (promoted / "model_card.md").read_text() == params.path("model_card").read_text()

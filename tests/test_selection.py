@@ -3,7 +3,6 @@ rate, the candidate (transfer or fine-tuned model); label smoothing. Test never 
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from warmstart.data.records import Manifest
 from warmstart.inference.candidate import choose_candidate
 from warmstart.inference.recorded import read_predictions
 from warmstart.layout import MODEL_FILE, TEST, TRAIN, VALIDATION
+from warmstart.live import read_history
 from warmstart.modeling import lr_search
 from warmstart.modeling.feature_cache import load_features
 from warmstart.modeling.model import (
@@ -122,12 +122,11 @@ def kept_head(params: Params) -> keras.Model:
 def test_early_stopping_keeps_the_best_validation_epoch(stopped: Params) -> None:
     metrics = json.loads(stopped.path("transfer_metrics").read_text())
     assert metrics["kept_epoch"] < metrics["epochs"] < 40, metrics
-    with stopped.path("transfer_history").open() as handle:
-        history = {int(row["epoch"]): row for row in csv.DictReader(handle)}
+    history = {row["epoch"]: row for row in read_history(stopped.path("transfer_history"))}
     kept, last = history[metrics["kept_epoch"]], history[metrics["epochs"]]
     assert metrics["epochs"] - metrics["kept_epoch"] == stopped.transfer.patience
     assert all(float(kept["val_loss"]) <= float(r["val_loss"]) for r in history.values())
-    assert metrics[VALIDATION]["loss"] == pytest.approx(float(kept["val_loss"]), abs=1e-6)
+    assert metrics["validation_loss"] == pytest.approx(float(kept["val_loss"]), abs=1e-6)
     # The saved model IS the kept epoch's: its validation loss is that epoch's, not the last's.
     features, labels = load_features(stopped.path("features"), VALIDATION)
     loss = kept_head(stopped).evaluate(features, labels, batch_size=8, verbose=0,
@@ -139,7 +138,7 @@ def test_early_stopping_keeps_the_best_validation_epoch(stopped: Params) -> None
 def test_learning_rate_search_is_recorded_and_ignores_the_test_split(stopped: Params) -> None:
     """Scrambling the test split's cached features and labels changes nothing in the choice."""
     metrics = json.loads(stopped.path("transfer_metrics").read_text())
-    search = metrics["learning_rate_search"]
+    search = json.loads(stopped.path("transfer_details").read_text())["learning_rate_search"]
     assert search["split"] == VALIDATION and len(search["trials"]) == 2
     low, high = search["trials"]  # by rate; the higher wins only by more than train.min_delta
     best = high if high["val_loss"] < low["val_loss"] - stopped.train.min_delta else low
@@ -154,8 +153,9 @@ def test_learning_rate_search_is_recorded_and_ignores_the_test_split(stopped: Pa
                      labels=1 - data["labels"])
         run_transfer(stopped)
         again = json.loads(stopped.path("transfer_metrics").read_text())
-        assert again["learning_rate_search"] == search
-        assert again[VALIDATION] == metrics[VALIDATION]
+        details = json.loads(stopped.path("transfer_details").read_text())
+        assert details["learning_rate_search"] == search
+        assert again == metrics
     finally:
         features.write_bytes(original)
         run_transfer(stopped)
@@ -191,7 +191,7 @@ def test_transfer_is_the_candidate_when_finetuning_is_worse_on_validation(
     assert exported["artefacts"]["recorded_predictions"]["model"] == "transfer"
     assert (worse_finetune.path("export_model") / MODEL_FILE).read_bytes() == \
         (worse_finetune.path("transfer_model") / MODEL_FILE).read_bytes()
-    candidate, _ = judged_figures(worse_finetune.path("evaluate_metrics"))
+    candidate, _ = judged_figures(worse_finetune.path("evaluate_details"))
     assert candidate["model"] == "transfer" and candidate["split"] == TEST
     assert candidate["accuracy"] == results["transfer"][TEST]["accuracy"]
     assert "validation accuracy" in candidate["chosen_because"]
@@ -207,7 +207,7 @@ def test_the_flow_artifact_says_which_model_is_the_candidate_and_why(
         worse_finetune: Params) -> None:
     from tasks.report import candidate_markdown
 
-    text = candidate_markdown(worse_finetune.path("evaluate_metrics"))
+    text = candidate_markdown(worse_finetune.path("evaluate_details"))
     assert "The **transfer** model: validation accuracy" in text
     assert "No candidate yet" in candidate_markdown(worse_finetune.root / "missing.json")
 

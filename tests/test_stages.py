@@ -32,9 +32,10 @@ from warmstart.inference.recorded import (
     write_predictions,
 )
 from warmstart.layout import MODEL_FILE
+from warmstart.live import read_history
 from warmstart.modeling.feature_cache import load_features
 from warmstart.modeling.model import find_base, load_model, unfreeze_from
-from warmstart.modeling.training import class_weights, read_history
+from warmstart.modeling.training import class_weights
 from warmstart.stages.evaluate import check_same_images
 from warmstart.stages.features import run_features
 from warmstart.stages.finetune import run_finetune
@@ -114,7 +115,7 @@ def test_finetune_changes_only_layers_from_fine_tune_at(trained: Params) -> None
 
 
 def test_evaluate_reports_both_models_per_split(trained: Params) -> None:
-    results = json.loads(trained.path("evaluate_metrics").read_text())
+    results = json.loads(trained.path("evaluate_details").read_text())
     assert set(results) == {"transfer", "finetune", "majority_baseline", "candidate"}
     for stage in ("transfer", "finetune"):
         assert set(results[stage]) == {"validation", "test"}
@@ -136,15 +137,17 @@ def test_evaluate_reports_both_models_per_split(trained: Params) -> None:
             # base are ~1e-11, too small for a few epochs of head training to move.
     transfer = json.loads(trained.path("transfer_metrics").read_text())
     assert results["transfer"]["validation"]["accuracy"] == pytest.approx(
-        transfer["validation"]["accuracy"], abs=1e-6)
+        transfer["validation_accuracy"], abs=1e-6)
     # Test never enters training: the transfer metrics have train and validation figures only.
-    assert set(transfer) == {"epochs", "kept_epoch", "learning_rate", "train", "validation"}
+    assert set(transfer) == {"epochs", "kept_epoch", "learning_rate", "train_loss",
+                             "train_accuracy", "validation_loss", "validation_accuracy"}
     assert results["majority_baseline"] == {
         "class": "birds", "chosen_on": "train", "validation": {"accuracy": 0.333333, "count": 18},
         "test": {"accuracy": 0.333333, "count": 18}}
-    plots = trained.path("evaluate_plots")
+    plots = trained.path("evaluate_plots") / "plots" / "sklearn"
     assert sorted(p.name for p in plots.iterdir()) == sorted(
-        f"{kind}_{stage}_{split}.csv" for kind in ("confusion", "roc")
+        f"{kind}_{stage}_{split}.json"
+        for kind in ("confusion", "roc", "precision_recall", "calibration")
         for stage in ("transfer", "finetune") for split in ("validation", "test"))
 
 
@@ -157,7 +160,7 @@ def test_test_predictions_are_of_the_test_images_and_after_training(trained: Par
             assert run.paths == split_index(manifest, split)[0]
             assert all(path.startswith(f"{split}/") for path in run.paths)
         history = read_history(trained.path(f"{stage}_history"))
-        assert set(history[0]) == {"stage", "epoch", "loss", "accuracy", "val_loss",
+        assert set(history[0]) == {"epoch", "loss", "accuracy", "val_loss",
                                    "val_accuracy"}  # validation monitored, nothing else
 
 
@@ -241,7 +244,7 @@ def test_batchnorm_stays_in_inference_mode_when_fine_tuning() -> None:
 
 def test_binary_run_with_zero_finetune_epochs(tiny_project: Callable[..., Params]) -> None:
     params = tiny_project(upto="evaluate", finetune={"epochs": 0})
-    results = json.loads(params.path("evaluate_metrics").read_text())
+    results = json.loads(params.path("evaluate_details").read_text())
     for split in ("validation", "test"):
         assert results["finetune"][split] == results["transfer"][split]
     assert set(results["finetune"]["test"]["per_class"]) == {"cats", "dogs"}

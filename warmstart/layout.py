@@ -64,14 +64,10 @@ def features_file(split: str) -> str:
     return f"{split}.npz"
 
 
-def confusion_plot(stage: str, split: str) -> str:
-    """The evaluate stage's (actual, predicted) rows of one model on one split."""
-    return f"confusion_{stage}_{split}.csv"
-
-
-def roc_plot(stage: str, split: str) -> str:
-    """The evaluate stage's ROC curve (fpr, tpr) of one model on one split."""
-    return f"roc_{stage}_{split}.csv"
+def sklearn_plot(kind: str, stage: str, split: str) -> str:
+    """The name of evaluate's DVCLive sklearn plot ``kind`` (confusion, roc, precision_recall,
+    calibration) of one model on one split (DVCLive adds ``.json`` under ``plots/sklearn/``)."""
+    return f"{kind}_{stage}_{split}"
 
 
 def write_classes(path: Path, classes: list[str], **serving: float | int) -> None:

@@ -151,6 +151,7 @@ class PathsParams:
     validation_html: RelPath
     validation_baseline: RelPath
     validate_metrics: RelPath
+    validate_details: RelPath
     processed: RelPath
     features: RelPath
     prefix: RelPath
@@ -161,6 +162,8 @@ class PathsParams:
     transfer_metrics: RelPath
     finetune_metrics: RelPath
     evaluate_metrics: RelPath
+    evaluate_details: RelPath
+    transfer_details: RelPath
     transfer_history: RelPath
     finetune_history: RelPath
     evaluate_plots: RelPath
@@ -168,9 +171,11 @@ class PathsParams:
     label_issues: RelPath
     export_model: RelPath
     export_metrics: RelPath
+    export_details: RelPath
     model_card: RelPath
     promoted_model: RelPath
     gate_metrics: RelPath
+    gate_details: RelPath
     checkpoints: RelPath
 
 

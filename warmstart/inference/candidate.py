@@ -40,7 +40,7 @@ def choose_candidate(results: dict, metric: str) -> dict:
 
 
 def read_candidate(evaluation: Path) -> dict:
-    """The candidate recorded in ``paths.evaluate_metrics``."""
+    """The candidate recorded in ``paths.evaluate_details`` (with its reason)."""
     try:
         return json.loads(evaluation.read_text())["candidate"]
     except (OSError, ValueError, KeyError) as exc:

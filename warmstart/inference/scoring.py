@@ -89,13 +89,3 @@ def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
         return round(float(skm.roc_auc_score(labels, probabilities[:, 1])), 6)
     return round(float(skm.roc_auc_score(labels, probabilities, multi_class="ovr",
                                          average="macro")), 6)
-
-
-def roc_points(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Binary ROC curve, or the micro-averaged one-vs-rest curve for more classes."""
-    if probabilities.shape[1] == 2:
-        fpr, tpr, _ = skm.roc_curve(labels, probabilities[:, 1])
-    else:
-        onehot = np.eye(probabilities.shape[1])[labels]
-        fpr, tpr, _ = skm.roc_curve(onehot.ravel(), probabilities.ravel())
-    return np.round(fpr, 6), np.round(tpr, 6)

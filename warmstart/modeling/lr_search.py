@@ -21,7 +21,7 @@ from warmstart.layout import TRAIN, VALIDATION
 from warmstart.modeling.feature_cache import feature_dataset
 from warmstart.modeling.model import compile_model, head_layers, head_model
 from warmstart.modeling.stopping import StopOnPlateau, Stopping
-from warmstart.modeling.training import seed_everything
+from warmstart.modeling.training import EpochBar, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ SEARCH_SPLITS = (TRAIN, VALIDATION)
 
 def choose_learning_rate(params: Params, cached: dict[str, tuple[np.ndarray, np.ndarray]],
                          num_classes: int, class_weight: dict[int, float] | None) -> dict:
-    """``{"learning_rate": ..., "learning_rate_search": ...}`` for the transfer metrics: the
+    """``{"learning_rate": ..., "learning_rate_search": ...}`` for the transfer details: the
     value from params, or with ``auto`` the winner and every trial's score. ``cached``: the
     features cache by split; only ``SEARCH_SPLITS`` are read."""
     transfer = params.transfer
@@ -61,8 +61,9 @@ def trial(params: Params, cached: dict[str, tuple[np.ndarray, np.ndarray]], num_
     train = feature_dataset(*cached[TRAIN], batch, seed=seed)
     validation = feature_dataset(*cached[VALIDATION], batch, seed=None)
     plateau = StopOnPlateau(stopping)
+    bar = EpochBar(f"transfer learning-rate trial {rate:g}")
     head.fit(train, validation_data=validation, epochs=params.transfer.epochs, verbose=0,
-             callbacks=[plateau], class_weight=class_weight)
+             callbacks=[bar, plateau], class_weight=class_weight)
     kept = stopping.kept_row(plateau.rows)
     return {"learning_rate": rate, "epoch": int(kept["epoch"]),
             **{key: round(float(kept[key]), 6) for key in ("val_loss", "val_accuracy")}}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import shutil
@@ -13,21 +11,27 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
-from warmstart.atomic import atomic_dir, write_json, write_text
+from warmstart.atomic import atomic_dir, write_json
 from warmstart.config.params import Params, TrainParams, as_dict
 from warmstart.data.records import Manifest, split_index
 from warmstart.errors import WarmstartError
 from warmstart.inference.recorded import RECORDED_SPLITS, make_predictions, write_predictions
-from warmstart.layout import TRAIN, VALIDATION
+from warmstart.layout import TRAIN
+from warmstart.live import log_epoch, open_live, write_history
 from warmstart.modeling.distribute import make_strategy
 from warmstart.modeling.stopping import Stopping
 
 logger = logging.getLogger(__name__)
 
-#: The files every training stage writes: ``paths.<stage>_<kind>`` for each kind.
+#: The files every training stage writes: ``paths.<stage>_<kind>`` for each kind (history: its
+#: DVCLive folder, ``warmstart/live.py``).
 RESULT_FILES = ("predictions", "history", "metrics")
 HISTORY_FIELDS = ["stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+#: A training stage's metrics: its kept epoch's figures, named by split.
+KEPT_FIGURES = {"train_loss": "loss", "train_accuracy": "accuracy",
+                "validation_loss": "val_loss", "validation_accuracy": "val_accuracy"}
 #: Files of one epoch's backup folder, and the pointer to the latest complete one.
 WEIGHTS_FILE = "model.weights.h5"
 SEEDS_FILE = "seeds.npz"
@@ -55,33 +59,58 @@ class EpochLogger(keras.callbacks.Callback):
         logger.info("%s epoch %d/%d: %s", self.stage, epoch + 1, self.last_epoch, values)
 
 
-def write_history(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+class EpochBar(keras.callbacks.Callback):
+    """A progress bar per epoch on a terminal (epoch k/N, batch, loss, ETA); tqdm turns it off
+    when stderr is not a TTY (Prefect, CI, logs), which keep :class:`EpochLogger`'s lines."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+        self.bar: tqdm | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.bar = tqdm(total=self.params.get("steps"), unit="batch", leave=False, disable=None,
+                        desc=f"{self.label} epoch {epoch + 1}/{self.params.get('epochs')}")
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{float((logs or {}).get('loss', 0.0)):.4f}",
+                                 refresh=False)
+            self.bar.update(1)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def read_history(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+class LiveHistory(keras.callbacks.Callback):
+    """The stage's DVCLive history folder, rewritten after every epoch from ``backup``'s rows
+    (so a resumed run's files equal an uninterrupted one's): ``dvc exp show`` and ``dvc plots``
+    see each epoch while the stage runs. Put it AFTER :class:`EpochBackup` in ``callbacks``."""
+
+    def __init__(self, folder: Path, backup: EpochBackup) -> None:
+        super().__init__()
+        self.folder, self.backup = folder, backup
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.live = open_live(self.folder)
+        for row in self.backup.rows:  # the epochs a resumed run restored
+            log_epoch(self.live, row)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        log_epoch(self.live, self.backup.rows[-1])
 
 
 def final_metrics(rows: list[dict], stopping: Stopping) -> dict:
-    """The kept epoch's figures by split, as written to metrics/<stage>.json (NaNs left out):
-    ``train`` (the training loss is class-weighted with ``train.class_weight: balanced``) and
-    ``validation``; ``epochs`` run and ``kept_epoch`` (the best on validation with early
-    stopping, else the last). The test split is never seen while training."""
+    """A training stage's metrics (metrics/<stage>.json): ``epochs`` run, ``kept_epoch`` (the
+    best on validation with early stopping, else the last) and its figures named by split,
+    ``train_loss`` (class-weighted with ``train.class_weight: balanced``), ``train_accuracy``,
+    ``validation_loss``, ``validation_accuracy`` (NaNs left out). The test split is never seen
+    while training."""
     kept = stopping.kept_row(rows)
-
-    def figures(prefix: str) -> dict:
-        values = {k: round(float(kept[prefix + k]), 6) for k in ("loss", "accuracy")}
-        return {k: v for k, v in values.items() if v == v}
-
-    metrics = {"epochs": int(rows[-1]["epoch"]), "kept_epoch": int(kept["epoch"]),
-               TRAIN: figures(""), VALIDATION: figures("val_")}
-    return {k: v for k, v in metrics.items() if v != {}}
+    figures = {name: round(float(kept[key]), 6) for name, key in KEPT_FIGURES.items()}
+    return {"epochs": int(rows[-1]["epoch"]), "kept_epoch": int(kept["epoch"]),
+            **{name: value for name, value in figures.items() if value == value}}
 
 
 class BackupError(WarmstartError):
@@ -244,15 +273,19 @@ def recorded_key(info_file: Path) -> str:
     return json.loads(info_file.read_text())["key"]
 
 
-def fit_resumable(model: keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset,
-                  backup: EpochBackup, class_weight: dict[int, float] | None) -> list[dict]:
-    """``fit`` from ``backup``'s latest epoch (or its first); the history rows of ALL epochs.
+def fit_resumable(model: keras.Model, data: tuple[tf.data.Dataset, tf.data.Dataset],
+                  backup: EpochBackup, history: Path,
+                  class_weight: dict[int, float] | None) -> list[dict]:
+    """``fit`` from ``backup``'s latest epoch (or its first); the history rows of ALL epochs,
+    logged live to the DVCLive folder ``history`` as they finish.
 
-    ``validation`` is the only split ``fit`` monitors; ``class_weight`` (see
+    ``data``: (train, validation), the only split ``fit`` monitors; ``class_weight`` (see
     :func:`class_weights`) weighs the training loss only."""
     first, last = backup.first_epoch, backup.last_epoch
-    model.fit(train, validation_data=validation, initial_epoch=first, epochs=last, verbose=0,
-              callbacks=[backup, EpochLogger(backup.stage, last)], class_weight=class_weight)
+    callbacks = [EpochBar(backup.stage), backup, LiveHistory(history, backup),
+                 EpochLogger(backup.stage, last)]
+    model.fit(data[0], validation_data=data[1], initial_epoch=first, epochs=last, verbose=0,
+              callbacks=callbacks, class_weight=class_weight)
     backup.keep_best()
     return backup.rows
 

@@ -7,15 +7,17 @@ validation is where choices are made (training monitors it), test is held out an
 a choice: its figures are the ones the model card and the gate report. Needs no TensorFlow, so
 it takes about a second and re-runs alone when ``evaluate.threshold`` changes.
 
-Writes ``paths.evaluate_metrics``: ``{"transfer": {"validation": {...}, "test": {...}},
-"finetune": {...}, "majority_baseline": {"class": ..., "validation": {...}, "test": {...}}}``
-(per model and split: loss, accuracy, balanced accuracy, precision / recall / F1 (binary or
-macro), macro-F1, ROC-AUC, confusion matrix, per-class precision / recall / F1 / support and the
-image count; the baseline always answers the training split's most frequent class; the
-``candidate``: the better model on validation by ``evaluate.select_on``, which `export` ships and
-the gate judges, with the reason), and per
-model and split ``confusion_<stage>_<split>.csv`` (actual, predicted) and
-``roc_<stage>_<split>.csv`` (fpr, tpr) under ``paths.evaluate_plots``. Then
+Writes ``paths.evaluate_details``: ``{"transfer": {"validation": {...}, "test": {...}},
+"finetune": {...}, "majority_baseline": {"class": ..., "validation": {...}, "test": {...}},
+"candidate": {...}}`` (per model and split: loss, accuracy, balanced accuracy, precision / recall /
+F1 (binary or macro), macro-F1, ROC-AUC, confusion matrix, per-class precision / recall / F1 /
+support and the image count; the baseline always answers the training split's most frequent class;
+the ``candidate``: the better model on validation by ``evaluate.select_on``, which `export` ships
+and the gate judges, with the reason). ``paths.evaluate_metrics`` holds what a reviewer compares
+(``dvc metrics diff``): per model and split the ``COMPARED`` figures, the baseline's accuracy per
+split and the candidate's name. Under ``paths.evaluate_plots``, DVCLive's sklearn plots per model
+and split (``layout.sklearn_plot``): confusion matrix, ROC, precision-recall and top-label
+calibration (one-vs-rest, micro-averaged, for more than two classes). Then
 ``reporting/evaluation.py`` writes ``paths.evaluation_html`` (the page people look at) and
 ``paths.label_issues`` (the training split's likely label errors, from ``paths.features``).
 """
@@ -23,10 +25,9 @@ model and split ``confusion_<stage>_<split>.csv`` (actual, predicted) and
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from dvclive import Live
 
 from warmstart.atomic import atomic_dir, write_json
 from warmstart.config.params import Params
@@ -39,15 +40,18 @@ from warmstart.inference.recorded import (
     predict_labels,
     read_predictions,
 )
-from warmstart.inference.scoring import classification_metrics, majority_baseline, roc_points
-from warmstart.layout import TRAIN, confusion_plot, roc_plot
+from warmstart.inference.scoring import classification_metrics, majority_baseline
+from warmstart.layout import TRAIN, sklearn_plot
+from warmstart.live import open_live
 from warmstart.reporting.evaluation import report_evaluation
 
 logger = logging.getLogger(__name__)
 
 STAGES = MODELS
-#: Logged per model and split (the full figures are in paths.evaluate_metrics).
+#: Logged per model and split (the full figures are in paths.evaluate_details).
 SUMMARY = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss", "count")
+#: What paths.evaluate_metrics holds per model and split (the rest is in evaluate_details).
+COMPARED = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss")
 
 
 def run_evaluate(params: Params) -> dict:
@@ -57,13 +61,14 @@ def run_evaluate(params: Params) -> dict:
         check_same_images({stage: runs[stage][split] for stage in STAGES}, manifest.classes)
     threshold, results = params.evaluate.threshold, {}
     with atomic_dir(params.path("evaluate_plots")) as plots:
+        live = open_live(plots)
         for stage, by_split in runs.items():
             results[stage] = {}
             for split in RECORDED_SPLITS:
                 run = by_split[split]
                 results[stage][split] = classification_metrics(run.labels, run.probabilities,
                                                                run.classes, threshold)
-                write_plots(plots, (stage, split), run, threshold)
+                write_plots(live, (stage, split), run, threshold)
                 logger.info("%s on the %s split: %s", stage, split,
                             {k: results[stage][split][k] for k in SUMMARY})
     labels = {split: runs["finetune"][split].labels for split in RECORDED_SPLITS}
@@ -73,9 +78,21 @@ def run_evaluate(params: Params) -> dict:
     results["candidate"] = choose_candidate(results, params.evaluate.select_on)
     logger.info("candidate: %s (%s)", results["candidate"]["model"],
                 results["candidate"]["reason"])
-    write_json(params.path("evaluate_metrics"), results)
+    write_json(params.path("evaluate_details"), results)
+    write_json(params.path("evaluate_metrics"), compared(results))
     report_evaluation(params, runs, results["candidate"])
     return results
+
+
+def compared(results: dict) -> dict:
+    """The figures ``dvc metrics diff`` shows: ``<model>.<split>.<figure>``, the baseline's
+    ``majority_baseline.<split>.accuracy`` and the candidate's name (``candidate.model``)."""
+    figures = {stage: {split: {k: results[stage][split][k] for k in COMPARED}
+                       for split in RECORDED_SPLITS} for stage in STAGES}
+    baseline = {split: {"accuracy": results["majority_baseline"][split]["accuracy"]}
+                for split in RECORDED_SPLITS}
+    candidate = {k: results["candidate"][k] for k in ("model", "split", "metric")}
+    return {**figures, "majority_baseline": baseline, "candidate": candidate}
 
 
 def check_same_images(runs: dict[str, Predictions], classes: list[str] | None = None) -> None:
@@ -95,11 +112,27 @@ def check_same_images(runs: dict[str, Predictions], classes: list[str] | None = 
                 "up to date.")
 
 
-def write_plots(folder: Path, where: tuple[str, str], run: Predictions, threshold: float) -> None:
-    """``where`` = (stage, split): its confusion rows and ROC curve."""
+def write_plots(live: Live, where: tuple[str, str], run: Predictions, threshold: float) -> None:
+    """``where`` = (stage, split): its sklearn plots, by DVCLive. ROC and precision-recall are
+    one-vs-rest, micro-averaged, for more than two classes (binary: of the second class);
+    calibration is of the top class's probability against being right."""
     predicted = predict_labels(run.probabilities, threshold)
     names = np.asarray(run.classes)
-    pd.DataFrame({"actual": names[run.labels], "predicted": names[predicted]}).to_csv(
-        folder / confusion_plot(*where), index=False)
-    fpr, tpr = roc_points(run.labels, run.probabilities)
-    pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(folder / roc_plot(*where), index=False)
+    live.log_sklearn_plot("confusion_matrix", names[run.labels].tolist(),
+                          names[predicted].tolist(), name=sklearn_plot("confusion", *where))
+    truth, scores = one_vs_rest(run.labels, run.probabilities)
+    live.log_sklearn_plot("roc", truth, scores, name=sklearn_plot("roc", *where))
+    live.log_sklearn_plot("precision_recall", truth, scores,
+                          name=sklearn_plot("precision_recall", *where))
+    live.log_sklearn_plot("calibration", (predicted == run.labels).astype(int),
+                          run.probabilities.max(axis=1), name=sklearn_plot("calibration", *where),
+                          n_bins=10)
+
+
+def one_vs_rest(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(is-positive, score) pairs: the second class's for two classes, else every (image,
+    class) pair (micro-averaging)."""
+    if probabilities.shape[1] == 2:
+        return (labels == 1).astype(int), probabilities[:, 1]
+    onehot = np.eye(probabilities.shape[1], dtype=int)[labels]
+    return onehot.ravel(), probabilities.ravel()

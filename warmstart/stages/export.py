@@ -78,7 +78,7 @@ class ExportParityError(WarmstartError):
 
 def run_export(params: Params) -> dict:
     manifest = Manifest.read(params.path("processed"))
-    candidate = read_candidate(params.path("evaluate_metrics"))["model"]
+    candidate = read_candidate(params.path("evaluate_details"))["model"]
     source = params.path(f"{candidate}_model") / MODEL_FILE
     logger.info("export: the candidate is the %s model (%s)", candidate, source)
     model = load_model(source)
@@ -88,13 +88,23 @@ def run_export(params: Params) -> dict:
                    **parity_report(staging, (candidate, model), manifest, params)}
         results["problems"] = parity_problems(results, params.export)
         results["passed"] = not results["problems"]
-        write_json(params.path("export_metrics"), results)
+        write_json(params.path("export_details"), results)
+        write_json(params.path("export_metrics"), compared(results))
         if results["problems"]:
             raise ExportParityError(parity_message(results["problems"],
-                                                   params.path("export_metrics")))
+                                                   params.path("export_details")))
     logger.info("export: %s", {name: {k: v for k, v in art.items() if k != "file"}
                                for name, art in results["artefacts"].items()})
     return results
+
+
+def compared(results: dict) -> dict:
+    """What ``dvc metrics diff`` shows of an export: whether it passed, the model shipped and
+    each checked artefact's parity (top-1 agreement, max |probability difference|); sizes,
+    files and counts stay in ``paths.export_details``."""
+    parity = {name: {k: entry[k] for k in ("top1_agreement", "max_abs_diff")}
+              for name, entry in results["artefacts"].items() if "top1_agreement" in entry}
+    return {"passed": results["passed"], "candidate": results["candidate"], "parity": parity}
 
 
 def write_artefacts(model: keras.Model, source: Path, folder: Path, manifest: Manifest,

@@ -117,7 +117,9 @@ def fit_more(params: Params, model: keras.Model, data: dict[str, tf.data.Dataset
                          finetune_fingerprint(params), data[TRAIN],
                          (done, done + params.finetune.epochs),
                          Stopping.of(params.train, params.finetune.patience))
-    return fit_resumable(model, data[TRAIN], data[VALIDATION], backup, class_weight), backup
+    rows = fit_resumable(model, (data[TRAIN], data[VALIDATION]), backup,
+                         params.path("finetune_history"), class_weight)
+    return rows, backup
 
 
 def finetune_fingerprint(params: Params) -> str:

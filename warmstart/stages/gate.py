@@ -4,7 +4,7 @@ The candidate is the model `export` shipped: the better of the transfer and fine
 on the validation split (``inference/candidate.py``), judged on the TEST split only: held out,
 no stage before made a choice on it (training, the learning-rate search and the candidate's
 choice all use validation). Its test accuracy comes from
-``paths.evaluate_metrics``. It passes when
+``paths.evaluate_details``. It passes when
 
 - ``beats_baseline``: its accuracy is more than ``gate.min_gain_over_baseline`` above the
   majority-class baseline's on the same test images (the classifier that always answers the
@@ -18,10 +18,10 @@ choice all use validation). Its test accuracy comes from
   accuracy recorded at promotion used, and ``gate.json`` says so and on which split.
 
 The decision, with every check, its reason and the split and image count of every figure, goes
-to ``paths.gate_metrics``. On a pass the export folder, the model card and ``promotion.json``
-(accuracy and split, data version, params, artefact hashes, the previous promotion) replace
-``paths.promoted_model`` atomically. On a fail the stage raises :class:`GateFailed` with the
-reasons and the promoted model is left untouched.
+to ``paths.gate_details`` (the compared figures to ``paths.gate_metrics``). On a pass the export
+folder, the model card and ``promotion.json`` (accuracy and split, data version, params, artefact
+hashes, the previous promotion) replace ``paths.promoted_model`` atomically. On a fail the stage
+raises :class:`GateFailed` with the reasons and the promoted model is left untouched.
 
 ``paths.promoted_model`` is state that outlives a run: dvc.yaml declares it ``persist: true``, so
 DVC neither deletes it before the stage runs nor restores it on failure, and it is still cached
@@ -62,7 +62,7 @@ class GateFailed(WarmstartError):
 
 
 def run_gate(params: Params) -> dict:
-    candidate, baseline = judged_figures(params.path("evaluate_metrics"))
+    candidate, baseline = judged_figures(params.path("evaluate_details"))
     previous = read_promotion(params.path("promoted_model"))
     promoted = promoted_accuracy(params, previous) if previous else None
     checks = gate_checks(candidate, baseline, promoted, params.gate)
@@ -83,12 +83,24 @@ def run_gate(params: Params) -> dict:
     }
     if result["passed"]:
         promote(params, result, previous)
-    write_json(params.path("gate_metrics"), result)
+    write_json(params.path("gate_details"), result)
+    write_json(params.path("gate_metrics"), compared(result))
     if not result["passed"]:
         raise GateFailed(failure_message(params, result))
     logger.info("gate passed: test accuracy %s promoted to %s", candidate["accuracy"],
                 params.path("promoted_model"))
     return result
+
+
+def compared(result: dict) -> dict:
+    """What ``dvc metrics diff`` shows of the gate: its verdict, the model judged and its and
+    the baseline's accuracy on the test split. The promoted model's figure, the checks and
+    reasons are in ``paths.gate_details``: they depend on what an earlier run promoted, so two
+    runs of equal params in one workspace would differ."""
+    figures = {"candidate_accuracy": result["candidate"]["accuracy"],
+               "majority_baseline_accuracy": result["baseline"]["accuracy"]}
+    return {"passed": result["passed"], "candidate": result["candidate"]["model"],
+            JUDGED_SPLIT: figures}
 
 
 def judged_figures(evaluation: Path) -> tuple[dict, dict]:
@@ -187,7 +199,7 @@ def promotion_metadata(params: Params, result: dict, previous: dict | None,
                        folder: Path) -> dict:
     """``promotion.json``: the candidate's test figures (and all its evaluate figures, per
     split), the gate's decision, params, file hashes and the previous promotion."""
-    evaluation = json.loads(params.path("evaluate_metrics").read_text())[
+    evaluation = json.loads(params.path("evaluate_details").read_text())[
         result["candidate"]["model"]]
     files = {p.relative_to(folder).as_posix(): sha256_of(p)
              for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -210,5 +222,5 @@ def failure_message(params: Params, result: dict) -> str:
             f"{promoted['accuracy']}) is unchanged." if promoted
             else f"Nothing was promoted to {folder}.")
     return ("Promotion gate failed:\n- " + "\n- ".join(result["reasons"]) + f"\n{kept} "
-            f"Details: {params.path('gate_metrics')}. Improve the model, or change gate.* in "
+            f"Details: {params.path('gate_details')}. Improve the model, or change gate.* in "
             "params.yaml if the bound is wrong.")

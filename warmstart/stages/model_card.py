@@ -59,7 +59,7 @@ def render_card(params: Params) -> str:
         header(params, manifest),
         data_section(params, manifest),
         metrics_section(params, manifest.classes),
-        export_section(read_json(params.path("export_metrics"))),
+        export_section(read_json(params.path("export_details"))),
         promotion_section(params),
         "## Parameters\n\n```yaml\n"
         + yaml.safe_dump(as_dict(params), sort_keys=False).rstrip() + "\n```",
@@ -129,7 +129,7 @@ def validation_text(report: dict) -> str:
 
 
 def metrics_section(params: Params, classes: list[str]) -> str:
-    evaluation = read_json(params.path("evaluate_metrics"))
+    evaluation = read_json(params.path("evaluate_details"))
     stages = [s for s in ("transfer", "finetune") if s in evaluation]
     if not stages:
         return "## Metrics\n\nNo evaluation metrics found."
@@ -153,12 +153,14 @@ def training_line(params: Params, stage: str) -> str | None:
     if not training:
         return None
     rate = training.get("learning_rate", getattr(params, stage).learning_rate)
-    chosen = " (chosen on the validation split)" if "learning_rate_search" in training else ""
+    chosen = " (chosen on the validation split)" if getattr(params, stage).learning_rate == \
+        "auto" else ""
     return (f"\n{stage} training: {training.get('epochs')} epochs run, epoch "
             f"{training.get('kept_epoch')} kept (train.monitor {params.train.monitor}); "
-            + "; ".join(f"{split} " + ", ".join(f"{k} {fmt(v)}" for k, v in
-                                                 sorted(training[split].items()))
-                        for split in (TRAIN, VALIDATION) if split in training)
+            + "; ".join(f"{split} " + ", ".join(f"{k} {fmt(training[f'{split}_{k}'])}"
+                                                 for k in ("accuracy", "loss")
+                                                 if f"{split}_{k}" in training)
+                        for split in (TRAIN, VALIDATION))
             + f"; learning rate {fmt(rate)}{chosen}, label smoothing "
             f"{params.train.label_smoothing}, train.class_weight {params.train.class_weight}")
 

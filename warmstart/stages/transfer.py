@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from warmstart.atomic import write_json
 from warmstart.config.params import Params
 from warmstart.data.records import Manifest
 from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, MODEL_FILE, SPLITS, TRAIN, VALIDATION
@@ -67,9 +68,11 @@ def run_transfer(params: Params) -> Path:
         model, backup, outputs, choice = train_classifier(params, manifest)
         save_model(model, params.path("transfer_model") / MODEL_FILE)
     files = {kind: params.path(f"transfer_{kind}") for kind in RESULT_FILES}
-    metrics = write_results(files, manifest, outputs, backup.rows, backup.stopping, choice)
+    write_json(params.path("transfer_details"), choice)
+    metrics = write_results(files, manifest, outputs, backup.rows, backup.stopping,
+                            {"learning_rate": choice["learning_rate"]})
     backup.clean()
-    logger.info("transfer: %s", {k: v for k, v in metrics.items() if k != "learning_rate_search"})
+    logger.info("transfer: %s", metrics)
     return params.path("transfer_model") / MODEL_FILE
 
 
@@ -121,7 +124,8 @@ def train_head(params: Params, layers: list[keras.layers.Layer],
                                    seed=params.train.seed if split == TRAIN else None)
             for split in SPLITS}
     backup = transfer_backup(params, data[TRAIN])
-    fit_resumable(head, data[TRAIN], data[VALIDATION], backup, class_weight)
+    fit_resumable(head, (data[TRAIN], data[VALIDATION]), backup, params.path("transfer_history"),
+                  class_weight)
     return backup, predict_splits(head, data)
 
 
@@ -133,5 +137,6 @@ def train_augmented(params: Params, model: keras.Model, manifest: Manifest,
                                         params.train.seed, "transfer")
     compile_model(training, len(manifest.classes), rate, params.train.label_smoothing)
     backup = transfer_backup(params, data[TRAIN])
-    fit_resumable(training, data[TRAIN], data[VALIDATION], backup, class_weight)
+    fit_resumable(training, (data[TRAIN], data[VALIDATION]), backup,
+                  params.path("transfer_history"), class_weight)
     return backup, predict_splits(model, data)

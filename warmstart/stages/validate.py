@@ -44,6 +44,7 @@ from warmstart.validation.drift import compare_splits, comparison_problems
 from warmstart.validation.findings import (
     Findings,
     ValidationFailed,
+    compared_metrics,
     format_findings,
     mark_quarantined,
     metrics_dict,
@@ -97,7 +98,7 @@ def run_validate(params: Params) -> Path:
 
 def write_outputs(params: Params, table: pd.DataFrame, findings: Findings,
                   stats: dict[str, Stats], seconds: float) -> None:
-    """The report folder, the HTML report and the metrics; then the terminal summary."""
+    """The report folder, the HTML report, the details and metrics; then the terminal summary."""
     report = params.path("validation_report")
     with atomic_dir(report) as staging:
         for split, anomalies in findings.anomalies.items():
@@ -107,7 +108,8 @@ def write_outputs(params: Params, table: pd.DataFrame, findings: Findings,
         write_json(staging / QUARANTINE_FILE, quarantine_manifest(table))
         write_text(staging / FACETS_FILE, facets_html(stats))
     metrics = metrics_dict(table, findings, seconds)
-    write_json(params.path("validate_metrics"), metrics)
+    write_json(params.path("validate_details"), metrics)
+    write_json(params.path("validate_metrics"), compared_metrics(metrics))
     write_html(params.path("validation_html"), (params.path("raw"), report), table, findings,
                stats, params.validate.max_thumbnails)
     log_summary(table, findings, metrics, report)

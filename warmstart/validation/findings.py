@@ -82,6 +82,17 @@ def quarantine_manifest(table: pd.DataFrame) -> list[dict]:
                                                          index=False)]
 
 
+#: What metrics/validate.json keeps of :func:`metrics_dict` (``dvc metrics diff``): counts that
+#: change only with the data; the per-split, per-class and per-check detail and the timings are
+#: in ``paths.validate_details``.
+COMPARED = ("ok", "images", "images_per_split", "trained_on", "quarantined", "warnings",
+            "blocking", "tfdv_anomalies", "exif_rotated")
+
+
+def compared_metrics(metrics: dict) -> dict:
+    return {key: metrics[key] for key in COMPARED}
+
+
 def metrics_dict(table: pd.DataFrame, findings: Findings, seconds: float) -> dict:
     by_check: dict[str, int] = {}
     for problem in findings.problems:
