@@ -30,9 +30,10 @@ from warmstart.stages.model_card import run_model_card
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-class project with raw and processed data, no models yet."""
+    """A 3-class project with raw and processed data and the features cache (evaluate's label
+    issues read it), no models yet."""
     return prepare_project(tmp_path_factory.mktemp("gate"), classes=tuple(CLASS_COLOURS),
-                           skip_validation=True, export={"int8": False}).root
+                           skip_validation=True, upto="features", export={"int8": False}).root
 
 
 @pytest.fixture

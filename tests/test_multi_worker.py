@@ -93,7 +93,10 @@ def weights(work: Path, stage: str) -> list[np.ndarray]:
 
 
 def validation_metrics(work: Path, stage: str) -> dict:
-    return json.loads((work / "metrics" / f"{stage}.json").read_text())["validation"]
+    """The kept epoch's validation figures in metrics/<stage>.json (``validation_<figure>``)."""
+    metrics = json.loads((work / "metrics" / f"{stage}.json").read_text())
+    return {key.removeprefix("validation_"): value for key, value in metrics.items()
+            if key.startswith("validation_")}
 
 
 @pytest.mark.slow
