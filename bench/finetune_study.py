@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
-from tutorial_vs_warmstart import measured  # bench/ is on sys.path when run
+from tutorial_vs_warmstart import copy_checkout, measured  # bench/ is on sys.path when run
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -94,12 +94,7 @@ def prepared(args: argparse.Namespace, log: Path) -> tuple[Path, dict]:
     marker = project / "prepared.json"
     if marker.is_file():
         return project, json.loads(marker.read_text())
-    shutil.rmtree(project, ignore_errors=True)
-    project.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, project)
-    for name in ("warmstart", "schema"):
-        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_checkout(project)
     run([sys.executable, "-m", "warmstart", "init", "--source", str(args.dataset.resolve())],
         project, log)
     params = read_params(project)

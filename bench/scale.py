@@ -30,7 +30,7 @@ import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tutorial_vs_warmstart import REPO, SHARED, measured, uptime  # noqa: E402
+from tutorial_vs_warmstart import REPO, SHARED, copy_checkout, measured, uptime  # noqa: E402
 
 STAGES = ["ingest", "validate", "preprocess", "features", "transfer", "finetune", "evaluate",
           "export", "model_card", "gate"]
@@ -87,12 +87,7 @@ def write_images(folder: Path, classes: int, start: int, count: int, seed: int) 
 
 def make_project(args: argparse.Namespace, source: Path, log: Path) -> Path:
     project = args.workdir / "project"
-    shutil.rmtree(project, ignore_errors=True)
-    project.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, project)
-    for name in ("warmstart", "schema"):
-        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_checkout(project)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["base"]["weights"] = str(args.weights.resolve())
     params["preprocess"]["image_size"] = args.image_size

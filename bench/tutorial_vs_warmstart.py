@@ -109,12 +109,7 @@ def uptime() -> str:
 
 def make_project(target: Path, args: argparse.Namespace, **overrides: dict) -> Path:
     """A scratch warmstart project: this repo's code, dvc.yaml, schema and params, overridden."""
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    shutil.copy(REPO / "dvc.yaml", target)
-    shutil.copytree(REPO / "warmstart", target / "warmstart",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "schema", target / "schema")
+    copy_checkout(target)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["source"] = str(args.dataset.resolve())
     params["base"]["weights"] = str(args.weights.resolve())
@@ -123,6 +118,17 @@ def make_project(target: Path, args: argparse.Namespace, **overrides: dict) -> P
         params[section].update(values)
     write_params(target, params)
     return target
+
+
+def copy_checkout(target: Path) -> None:
+    """``target`` (emptied) as a scratch project of this checkout: dvc.yaml, params.yaml, the
+    warmstart package and the schema."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, target)
+    for name in ("warmstart", "schema"):
+        shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def write_params(project: Path, params: dict) -> None:
