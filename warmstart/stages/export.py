@@ -124,16 +124,17 @@ def export_saved_model(model: keras.Model, folder: Path, image_size: int) -> Non
     archive = keras.export.ExportArchive()
     archive.track(model)
     pixels = tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="pixels")
-    archive.add_endpoint(SERVE_ENDPOINT, model.__call__, [pixels])
+    # The raw-image endpoints call ``serve``: the model is traced once, not once per endpoint.
+    serve = archive.add_endpoint(SERVE_ENDPOINT, model.__call__, [pixels])
 
     def serve_uint8(images: tf.Tensor) -> tf.Tensor:
-        return model(tf.cast(resize_uint8(images, image_size), tf.float32))
+        return serve(tf.cast(resize_uint8(images, image_size), tf.float32))
 
     def serve_encoded(encoded: tf.Tensor) -> tf.Tensor:
         images = tf.map_fn(lambda data: resize_uint8(decode_rgb(data), image_size), encoded,
                            fn_output_signature=tf.TensorSpec((image_size, image_size, 3),
                                                              tf.uint8))
-        return model(tf.cast(images, tf.float32))
+        return serve(tf.cast(images, tf.float32))
 
     archive.add_endpoint("serve_uint8", serve_uint8,
                          [tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")])
