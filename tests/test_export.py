@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import tensorflow as tf
 import yaml
 
 from tests.helpers.project import prepare_project, tiny_params
+from tests.helpers.shared import REPO
 from warmstart.atomic import write_json
 from warmstart.cli import main
 from warmstart.config.params import ExportParams, Params, ParamsError, load_params
@@ -209,3 +213,20 @@ def test_export_params_are_checked(tmp_path: Path, dataset: Path, values: dict,
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(dataset, export=values)))
     with pytest.raises(ParamsError, match=key):
         load_params(tmp_path / "params.yaml")
+
+
+def test_equal_exports_write_equal_bytes(exported: Params) -> None:
+    """Regression: Keras ordered the SavedModel's variables by object id and a load drew a new
+    Dropout seed state, so two exports of one model (in two processes, as two `dvc repro`s)
+    wrote different variables and saved_model.pb files, and DVC saw a new export every run."""
+    folder = exported.path("export_model")
+    params_file = exported.root / "params.yaml"
+    digests = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "warmstart", "--params", str(params_file),
+                               "export"], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        digests.append({p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).digest()
+                        for p in sorted(folder.rglob("*")) if p.is_file()})
+    assert "saved_model/variables/variables.data-00000-of-00001" in digests[0]
+    assert digests[0] == digests[1]

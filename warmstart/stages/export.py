@@ -81,6 +81,9 @@ def run_export(params: Params) -> dict:
     candidate = read_candidate(params.path("evaluate_details"))["model"]
     source = params.path(f"{candidate}_model") / MODEL_FILE
     logger.info("export: the candidate is the %s model (%s)", candidate, source)
+    # Dropout's random-seed state is not in model.keras: a load draws a new one, which the
+    # SavedModel stores. Seeded, equal runs write equal bytes.
+    keras.utils.set_random_seed(params.train.seed)
     model = load_model(source)
     with atomic_dir(params.path("export_model")) as staging:
         write_artefacts(model, source, staging, manifest, params)
@@ -121,7 +124,7 @@ def write_artefacts(model: keras.Model, source: Path, folder: Path, manifest: Ma
 
 def export_saved_model(model: keras.Model, folder: Path, image_size: int) -> None:
     """SavedModel with the float32 ``serve`` endpoint and two raw-image endpoints."""
-    archive = keras.export.ExportArchive()
+    archive = OrderedExportArchive(model)
     archive.track(model)
     pixels = tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="pixels")
     # The raw-image endpoints call ``serve``: the model is traced once, not once per endpoint.
@@ -144,6 +147,28 @@ def export_saved_model(model: keras.Model, folder: Path, image_size: int) -> Non
     (folder / SAVED_MODEL_EXTRA).mkdir(exist_ok=True)
     logger.info("SavedModel %s: endpoints %s (serving_default = %s)", folder,
                 [SERVE_ENDPOINT, "serve_uint8", "serve_encoded"], SERVE_ENDPOINT)
+
+
+class OrderedExportArchive(keras.export.ExportArchive):
+    """An ``ExportArchive`` that writes the same bytes for the same model.
+
+    Keras 3.3 lists the SavedModel's variables in the order the traced functions captured
+    them, which follows object ids: two exports of one model wrote different
+    ``variables.data`` and ``saved_model.pb`` files (so DVC saw a new export every run). Here they
+    follow the model's own variable order."""
+
+    def __init__(self, model: keras.Model) -> None:
+        super().__init__()
+        self.order = {id(variable.value): index
+                      for index, variable in enumerate(model.variables)}
+
+    def _filter_and_track_resources(self) -> None:
+        super()._filter_and_track_resources()
+        tracked = self._tf_trackable
+        unknown = [v.name for v in tracked._all_variables if id(v) not in self.order]
+        if unknown:
+            raise ExportParityError(f"Variables outside the model in the SavedModel: {unknown}")
+        tracked._all_variables = sorted(tracked._all_variables, key=lambda v: self.order[id(v)])
 
 
 def quiet_write(archive: keras.export.ExportArchive, folder: Path) -> None:
