@@ -3,7 +3,8 @@
 Over the three splits of ``paths.raw`` (``warmstart.layout.SPLITS``: train, validation, test):
 
 1. The per-image table (``warmstart.validation.table``): real format, mode, size, decodability,
-   EXIF orientation.
+   EXIF orientation; a file whose content was seen before is not decoded again (the per-image
+   store, ``warmstart/store.py``; ``reused_images`` / ``computed_images`` in the details).
 2. Per-file checks TFDV cannot express (``warmstart.validation.checks``): unreadable files,
    symlinks, decompression bombs, schema domain violations by file, extension mismatches, too
    small, extreme aspect, blank, exact and near duplicates within and across splits (leakage),
