@@ -285,3 +285,13 @@ def test_a_stored_pixel_entry_equals_a_fresh_decode(project: Params) -> None:
     key = store.key("pixels", sha256_of(file), preprocess_stage.pixel_parts(size))
     stored = unpack_arrays(store.get(key))[0]
     assert stored.tobytes() == load_image(str(file), size).numpy().tobytes()
+
+
+def test_packed_arrays_come_back_exactly() -> None:
+    from warmstart.store import pack_arrays, unpack_arrays
+
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4) / 7, np.float16([[1.5, -2.25]]),
+              np.arange(24, dtype=np.uint8).reshape(2, 4, 3), np.array(3.0)]
+    back = unpack_arrays(pack_arrays(arrays))
+    assert [(a.dtype, a.shape, a.tobytes()) for a in back] == \
+        [(a.dtype, a.shape, a.tobytes()) for a in arrays]

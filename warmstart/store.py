@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import io
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from warmstart.config.params import Params
 logger = logging.getLogger(__name__)
 
 #: The first bytes of every entry; bump the number when the entry layout changes.
-MAGIC = b"warmstart-store 1\n"
+MAGIC = b"warmstart-store 2\n"
 DIGEST_BYTES = hashlib.sha256().digest_size
 
 
@@ -145,17 +144,22 @@ def _entries(folder: Path) -> Iterable[tuple[int, Path, int]]:
 
 
 def pack_arrays(arrays: Iterable[np.ndarray]) -> bytes:
-    """Arrays as one payload (``.npy`` records: dtype, shape and bytes exactly)."""
-    buffer = io.BytesIO()
-    for array in arrays:
-        np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
+    """Arrays as one payload: a JSON header of their dtypes and shapes, then their bytes (exact;
+    reading it back is a view of the payload, no parsing per array)."""
+    arrays = list(arrays)  # tobytes() writes C order whatever the layout
+    header = json.dumps([[array.dtype.str, list(array.shape)] for array in arrays]).encode()
+    return b"".join([len(header).to_bytes(4, "little"), header,
+                     *(array.tobytes() for array in arrays)])
 
 
 def unpack_arrays(payload: bytes) -> list[np.ndarray]:
-    buffer, arrays = io.BytesIO(payload), []
-    while buffer.tell() < len(payload):
-        arrays.append(np.load(buffer, allow_pickle=False))
+    """The arrays of :func:`pack_arrays` (read-only views of ``payload``)."""
+    length = int.from_bytes(payload[:4], "little")
+    offset, arrays = 4 + length, []
+    for dtype, shape in json.loads(payload[4:offset]):
+        array = np.frombuffer(payload, np.dtype(dtype), int(np.prod(shape)), offset)
+        arrays.append(array.reshape(tuple(shape)))
+        offset += array.nbytes
     return arrays
 
 

@@ -71,10 +71,9 @@ def image_dataset(manifest: Manifest, split: str, batch_size: int, shuffle_seed:
 
 def pixel_batches(manifest: Manifest, split: str, batch_size: int) -> Iterator[list[bytes]]:
     """Each image's raw uint8 pixel bytes, in stored order, ``batch_size`` at a time."""
-    records = tf.data.TFRecordDataset(manifest.shard_paths(split))
-    pixels = records.map(lambda r: tf.io.parse_single_example(r, {"image": _FEATURES["image"]})
-                         ["image"])
-    for batch in pixels.batch(batch_size).as_numpy_iterator():
+    records = tf.data.TFRecordDataset(manifest.shard_paths(split)).batch(batch_size)
+    pixels = records.map(lambda r: tf.io.parse_example(r, {"image": _FEATURES["image"]})["image"])
+    for batch in pixels.prefetch(1).as_numpy_iterator():
         yield list(batch)
 
 
