@@ -9,8 +9,9 @@ from ``ingest`` to ``gate`` as ``dvc repro -s <stage>`` (each its own processes)
 stage: wall time, images/s, peak RSS (``os.wait4``: the stage and its children), disk used by its
 outputs and by the DVC cache after it. Then it adds ``--grow`` (1 %) new images and runs again,
 printing the same table and per stage how many images were computed and how many reused (a
-stage reports reuse in its outputs' info files as ``reused_images``; one that does not recomputes
-all). The last line:
+stage reports them in its outputs' info or details files as ``computed_images`` and
+``reused_images``: validate, preprocess and features, from the per-image store; one that does not
+recomputes all). The last line:
 
     scale: N=<n> max_rss_mib=<largest stage peak RSS> incremental_features_fraction=<features
     wall time after the growth / from scratch>
@@ -35,8 +36,9 @@ from tutorial_vs_warmstart import REPO, SHARED, copy_checkout, measured, uptime 
 STAGES = ["ingest", "validate", "preprocess", "features", "transfer", "finetune", "evaluate",
           "export", "model_card", "gate"]
 #: Each stage's outputs, as paths.* keys of params.yaml.
-OUTPUTS = {"ingest": ["raw"], "validate": ["validated", "validation_report"],
-           "preprocess": ["processed"], "features": ["features", "prefix"],
+OUTPUTS = {"ingest": ["raw"], "validate": ["validated", "validation_report", "validate_details"],
+           "preprocess": ["processed", "preprocess_details"],
+           "features": ["features", "prefix", "features_details"],
            "transfer": ["transfer_model"], "finetune": ["finetune_model"],
            "evaluate": ["evaluate_plots"], "export": ["export_model"], "model_card": [],
            "gate": ["promoted_model"]}
@@ -109,13 +111,18 @@ def disk_bytes(paths: list[Path]) -> int:
     return total
 
 
-def reused_images(folders: list[Path]) -> int | None:
-    """``reused_images`` recorded in the stage's output info files, if any stage writes it."""
-    found = [json.loads(p.read_text()) for folder in folders
-             if folder.is_dir() for p in folder.glob("*.json")]
-    counts = [c for info in found if isinstance(info, dict)
-              and isinstance(c := info.get("reused_images"), int)]
-    return sum(counts) if counts else None
+def reuse_counts(paths: list[Path]) -> tuple[int, int] | None:
+    """(``computed_images``, ``reused_images``) recorded in the stage's output info or details
+    files (JSON files, or those in output folders), if the stage records them."""
+    files = [p for path in paths
+             for p in (sorted(path.glob("*.json")) if path.is_dir() else [path])
+             if p.suffix == ".json" and p.is_file()]
+    found = [info for p in files if isinstance(info := json.loads(p.read_text()), dict)
+             and isinstance(info.get("reused_images"), int)]
+    if not found:
+        return None
+    return (sum(info["computed_images"] for info in found),
+            sum(info["reused_images"] for info in found))
 
 
 def run_stages(project: Path, images: int, log: Path) -> dict[str, dict]:
@@ -128,7 +135,7 @@ def run_stages(project: Path, images: int, log: Path) -> dict[str, dict]:
         rows[stage] = {**result, "images_per_second": images / result["seconds"],
                        "output_bytes": disk_bytes(outputs),
                        "cache_bytes": disk_bytes([project / ".dvc" / "cache"]),
-                       "reused": reused_images(outputs)}
+                       "reuse": reuse_counts(outputs)}
     return rows
 
 
@@ -137,7 +144,7 @@ def table(title: str, rows: dict[str, dict], images: int) -> list[str]:
              "| stage | wall s | images/s | peak RSS MiB | outputs MiB | DVC cache MiB | "
              "computed / reused |", "|---|---:|---:|---:|---:|---:|---|"]
     for stage, r in rows.items():
-        reuse = (f"{images - r['reused']} / {r['reused']}" if r["reused"] is not None
+        reuse = (f"{r['reuse'][0]} / {r['reuse'][1]}" if r["reuse"] is not None
                  else f"{images} / 0 (recomputes all)")
         name = stage if not r["returncode"] else f"{stage} (failed: see the log)"
         lines.append(f"| {name} | {r['seconds']:.1f} | {r['images_per_second']:.0f} | "

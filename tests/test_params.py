@@ -34,10 +34,12 @@ def test_repo_defaults_keep_the_tutorial_model_and_choose_its_schedule_on_valida
 
 
 def test_dvc_yaml_uses_every_path_key() -> None:
-    """Except the download cache and the training backups, which are deliberately untracked."""
+    """Except the download cache, the training backups and the per-image store, which are
+    deliberately untracked."""
     dvc_yaml = (REPO / "dvc.yaml").read_text()
     unused = [key for key in yaml.safe_load((REPO / "params.yaml").read_text())["paths"]
-              if f"${{paths.{key}}}" not in dvc_yaml and key not in ("downloads", "checkpoints")]
+              if f"${{paths.{key}}}" not in dvc_yaml
+              and key not in ("downloads", "checkpoints", "store")]
     assert unused == []
 
 

@@ -28,6 +28,7 @@ from warmstart.config.sections import (
     OrchestrationParams,
     PathsParams,
     PreprocessParams,
+    StoreParams,
     TrainParams,
     TransferParams,
     ValidateParams,
@@ -41,8 +42,8 @@ __all__ = [
     "DEFAULT_PARAMS_FILE", "SECTIONS", "AugmentParams", "BaseParams",
     "DataParams", "EvaluateParams", "ExportParams", "FinetuneParams", "GateParams", "HeadParams",
     "OrchestrationParams", "Params", "ParamsError", "PathsParams", "PreprocessParams",
-    "TrainParams", "TransferParams", "ValidateParams", "as_dict", "is_url", "load_params",
-    "params_from_dict", "read_yaml",
+    "StoreParams", "TrainParams", "TransferParams", "ValidateParams", "as_dict", "is_url",
+    "load_params", "params_from_dict", "read_yaml",
 ]
 
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -66,6 +67,7 @@ class Params:
     evaluate: EvaluateParams
     export: ExportParams
     gate: GateParams
+    store: StoreParams
     orchestration: OrchestrationParams
 
     def path(self, key: str) -> Path:

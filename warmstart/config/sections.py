@@ -177,6 +177,9 @@ class PathsParams:
     gate_metrics: RelPath
     gate_details: RelPath
     checkpoints: RelPath
+    store: RelPath
+    preprocess_details: RelPath
+    features_details: RelPath
 
 
 #: ``data.layout``: how the source is organised (``auto``: detected by ingest).
@@ -433,6 +436,17 @@ class GateParams:
     min_accuracy: Annotated[StrictFloat | None, Field(ge=0, le=1), Fix(
         "Use a test accuracy in [0, 1], or null for no absolute bar.")]
     max_drop: Annotated[Fraction, Fix("Use an accuracy difference in [0, 1] (0: never worse).")]
+
+
+@section
+class StoreParams:
+    """The per-image store (``warmstart/store.py``): on or off, and its size limit. Neither
+    changes a stage's outputs, so no DVC stage depends on this section."""
+
+    enabled: StrictBool
+    max_bytes: Annotated[StrictInt, Field(gt=0), Fix(
+        "Use the most bytes the store may hold, e.g. 20000000000 (20 GB); to empty it, delete "
+        "the paths.store folder.")]
 
 
 @section

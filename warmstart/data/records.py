@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import tensorflow as tf
 
@@ -65,6 +67,14 @@ def image_dataset(manifest: Manifest, split: str, batch_size: int, shuffle_seed:
         data = data.shuffle(manifest.count(split), seed=shuffle_seed, reshuffle_each_iteration=True)
     batches = data.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
     return without_autotuning(batches.prefetch(tf.data.AUTOTUNE))
+
+
+def pixel_batches(manifest: Manifest, split: str, batch_size: int) -> Iterator[list[bytes]]:
+    """Each image's raw uint8 pixel bytes, in stored order, ``batch_size`` at a time."""
+    records = tf.data.TFRecordDataset(manifest.shard_paths(split)).batch(batch_size)
+    pixels = records.map(lambda r: tf.io.parse_example(r, {"image": _FEATURES["image"]})["image"])
+    for batch in pixels.prefetch(1).as_numpy_iterator():
+        yield list(batch)
 
 
 def labels_of(manifest: Manifest, split: str) -> np.ndarray:

@@ -5,24 +5,35 @@ Output (``paths.processed``): ``<split>-NNNNN-of-MMMMM.tfrecord`` shards of raw 
 the class names, image size and per-split counts (in all and per class) of the train,
 validation and test splits. Training reads these without any per-image
 Python work. Images are kept in the table's (sorted) order; shuffling happens at training time.
+
+Each image's pixels are kept in the per-image store (``warmstart/store.py``), keyed by its
+content hash, the image size and the decoder (its code and TensorFlow's version): only images
+not found there are decoded, and the shards are the same bytes as a run from scratch.
+``paths.preprocess_details`` records how many images were decoded and reused.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
+import warmstart.data.decode as decode
 from warmstart.atomic import atomic_dir, write_json
 from warmstart.config.params import Params
 from warmstart.data.decode import load_image
 from warmstart.data.records import serialize_example, shard_name
 from warmstart.data.validated import read_validated
 from warmstart.errors import WarmstartError
+from warmstart.hashing import sha256_of
 from warmstart.layout import MANIFEST_FILE, SPLITS
+from warmstart.store import Store, code_digest, pack_arrays, unpack_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +44,11 @@ class PreprocessError(WarmstartError):
 
 def run_preprocess(params: Params) -> Path:
     """Write the shards and manifest for the train, validation and test splits."""
+    started = time.monotonic()
     table, classes = read_validated(params.path("validated"))
     raw = params.path("raw")
     size = params.preprocess.image_size
+    store = Store.of(params)
     splits = {}
     with atomic_dir(params.path("processed")) as staging:
         for split in SPLITS:
@@ -43,12 +56,18 @@ def run_preprocess(params: Params) -> Path:
             paths = list(rows["path"])  # relative to raw: shards do not depend on where it lies
             labels = [classes.index(label) for label in rows["label"]]
             shards = write_shards(staging, split, (raw, paths), labels, size,
-                                  params.preprocess.shard_size)
+                                  (params.preprocess.shard_size, store))
             splits[split] = {"count": len(paths), "shards": shards,
                              "class_counts": {name: labels.count(i)
                                               for i, name in enumerate(classes)}}
         write_json(staging / MANIFEST_FILE, {"classes": classes, "image_size": size,
                                              "splits": splits})
+    store.evict()
+    seconds = time.monotonic() - started
+    write_json(params.path("preprocess_details"), {**store.counts(), "seconds": round(seconds, 1),
+                                                   "images": len(table)})
+    logger.info("preprocess: %d images decoded, %d reused from the store, in %.1f s",
+                store.computed, store.reused, seconds)
     return params.path("processed")
 
 
@@ -63,17 +82,16 @@ def split_rows(table: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def write_shards(folder: Path, split: str, files: tuple[Path, list[str]], labels: list[int],
-                 size: int, shard_size: int) -> list[str]:
-    """Decode in parallel with tf.data (order preserved) and write fixed-size shards.
+                 size: int, sharding: tuple[int, Store]) -> list[str]:
+    """Write fixed-size shards of the pixels (from the store, or decoded) in the given order.
 
     ``files`` is (raw folder, paths relative to it); the shards record the relative paths.
+    ``sharding`` is (images per shard, the per-image store).
     """
-    raw, paths = files
+    (raw, paths), (shard_size, store) = files, sharding
     count = -(-len(paths) // shard_size)
     names = [shard_name(split, i, count) for i in range(count)]
-    absolute = [str(raw / path) for path in paths]
-    images = tf.data.Dataset.from_tensor_slices(absolute).map(
-        lambda p: load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images = stored_pixels([raw / path for path in paths], size, store)
     writer = None
     progress = tqdm(zip(images, paths, labels, strict=True), total=len(paths),
                     desc=f"preprocess {split}", unit="img")
@@ -82,9 +100,42 @@ def write_shards(folder: Path, split: str, files: tuple[Path, list[str]], labels
             if writer:
                 writer.close()
             writer = tf.io.TFRecordWriter(str(folder / names[index // shard_size]))
-        writer.write(serialize_example(image.numpy(), label, path))
+        writer.write(serialize_example(image, label, path))
     if writer:
         writer.close()
     logger.info("%s: %d images -> %d shard(s) of %dx%d pixels", split, len(paths), count,
                 size, size)
     return names
+
+
+def pixel_parts(size: int) -> dict:
+    """What decoded pixels depend on besides the file's content: the size and the decoder."""
+    return {"image_size": size, "decoder": code_digest(decode), "tensorflow": tf.__version__}
+
+
+def stored_pixels(files: list[Path], size: int, store: Store) -> Iterator[np.ndarray]:
+    """Each file's uint8 pixels, in order: from the store, else decoded and stored. An entry
+    that turns out corrupt when read is decoded on the spot."""
+    parts = pixel_parts(size)
+    keys = [store.key("pixels", sha256_of(file), parts) for file in files]
+    missing = {i for i, key in enumerate(keys) if not store.contains(key)}
+    decoded = decode_files([file for i, file in enumerate(files) if i in missing], size)
+    for index, (file, key) in enumerate(zip(files, keys, strict=True)):
+        payload = None if index in missing else store.get(key)
+        if payload is not None:
+            store.reused += 1
+            yield unpack_arrays(payload)[0]
+            continue
+        image = next(decoded) if index in missing else load_image(str(file), size).numpy()
+        store.computed += 1
+        store.put(key, pack_arrays([image]))
+        yield image
+
+
+def decode_files(files: list[Path], size: int) -> Iterator[np.ndarray]:
+    """The files' pixels, decoded in parallel by tf.data, in order."""
+    if not files:
+        return iter(())
+    paths = tf.data.Dataset.from_tensor_slices([str(file) for file in files])
+    return paths.map(lambda p: load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True).as_numpy_iterator()

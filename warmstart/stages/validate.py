@@ -3,7 +3,8 @@
 Over the three splits of ``paths.raw`` (``warmstart.layout.SPLITS``: train, validation, test):
 
 1. The per-image table (``warmstart.validation.table``): real format, mode, size, decodability,
-   EXIF orientation.
+   EXIF orientation; a file whose content was seen before is not decoded again (the per-image
+   store, ``warmstart/store.py``; ``reused_images`` / ``computed_images`` in the details).
 2. Per-file checks TFDV cannot express (``warmstart.validation.checks``): unreadable files,
    symlinks, decompression bombs, schema domain violations by file, extension mismatches, too
    small, extreme aspect, blank, exact and near duplicates within and across splits (leakage),
@@ -38,6 +39,7 @@ from warmstart.atomic import atomic_dir, write_json, write_text
 from warmstart.config.params import Params
 from warmstart.data.validated import write_validated
 from warmstart.layout import ANOMALIES_FILE, FACETS_FILE, QUARANTINE_FILE, SPLITS, TRAIN
+from warmstart.store import Store
 from warmstart.validation.checks import check_quarantined, file_checks
 from warmstart.validation.classes import class_balance, class_checks, class_names
 from warmstart.validation.drift import compare_splits, comparison_problems
@@ -73,7 +75,11 @@ def run_validate(params: Params) -> Path:
     started = time.monotonic()
     limits = params.validate
     schema = load_schema(params.path("schema"))
-    table = build_table(params.path("raw"), SPLITS, limits)
+    store = Store.of(params)
+    table = build_table(params.path("raw"), SPLITS, limits, store)
+    store.evict()
+    logger.info("validate: %d images inspected, %d rows reused from the store", store.computed,
+                store.reused)
     findings = Findings(limits.policy)
     findings.problems = file_checks(table, params.path("raw"), SPLITS, schema, limits)
     if limits.policy == "quarantine":
@@ -89,7 +95,7 @@ def run_validate(params: Params) -> Path:
     baseline = read_baseline(params.path("validation_baseline"), SPLITS)
     findings.comparisons = compare_splits(stats, tables, baseline, limits)
     findings.problems += comparison_problems(findings.comparisons)
-    write_outputs(params, table, findings, stats, time.monotonic() - started)
+    write_outputs(params, table, findings, stats, time.monotonic() - started, store.counts())
     if not findings.ok:
         raise ValidationFailed(format_findings(findings, params.path("validation_report")))
     write_baseline(params.path("validation_baseline"), stats)
@@ -97,8 +103,9 @@ def run_validate(params: Params) -> Path:
 
 
 def write_outputs(params: Params, table: pd.DataFrame, findings: Findings,
-                  stats: dict[str, Stats], seconds: float) -> None:
-    """The report folder, the HTML report, the details and metrics; then the terminal summary."""
+                  stats: dict[str, Stats], seconds: float, reuse: dict[str, int]) -> None:
+    """The report folder, the HTML report, the details (with ``reuse``: the store's counts) and
+    metrics; then the terminal summary."""
     report = params.path("validation_report")
     with atomic_dir(report) as staging:
         for split, anomalies in findings.anomalies.items():
@@ -108,7 +115,7 @@ def write_outputs(params: Params, table: pd.DataFrame, findings: Findings,
         write_json(staging / QUARANTINE_FILE, quarantine_manifest(table))
         write_text(staging / FACETS_FILE, facets_html(stats))
     metrics = metrics_dict(table, findings, seconds)
-    write_json(params.path("validate_details"), metrics)
+    write_json(params.path("validate_details"), {**metrics, **reuse})
     write_json(params.path("validate_metrics"), compared_metrics(metrics))
     write_html(params.path("validation_html"), (params.path("raw"), report), table, findings,
                stats, params.validate.max_thumbnails)

@@ -61,7 +61,7 @@ def _schema_text(schema: schema_pb2.Schema) -> str:
 
 def propose_schema(raw: Path, train: str, limits: ValidateParams) -> schema_pb2.Schema:
     """Infer a schema from the readable training images, then apply the curated domains."""
-    table = build_table(raw, (train,), limits)
+    table = build_table(raw, (train,), limits, store=None)
     stats = beam_statistics({train: table[table["status"] == OK]}, limits.beam_options)
     schema = tfdv.infer_schema(stats[train])
     for name, values in CURATED_STRING_DOMAINS.items():

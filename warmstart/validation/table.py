@@ -14,14 +14,22 @@ column only lets validate name the files a person sees rotated (an advisory warn
 Each file is read once and decoded once, in a pool of threads with a bounded number of files in
 flight, so memory stays bounded whatever the dataset size. Nothing is decoded before its header
 passed the size limits (decompression-bomb guard); symlinks are never followed.
+
+What a row says about the content (everything but where the file is, its label, extension and
+size, and the refusals made before reading it) is kept in the per-image store
+(``warmstart/store.py``), keyed by the content hash, ``validate.max_image_pixels`` and the code
+that computes it: a file already seen is read and hashed, not decoded again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import json
 import logging
 import math
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,13 +38,17 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+import PIL
 import tensorflow as tf
 from PIL import Image, ImageStat, UnidentifiedImageError
 from tqdm import tqdm
 
+import warmstart.data.decode as decode
+import warmstart.validation.phash as phash_module
 from warmstart.config.params import ValidateParams
 from warmstart.data.decode import decode_rgb, decoder_message
 from warmstart.layout import STAT_FEATURES
+from warmstart.store import Store, code_digest
 from warmstart.validation.phash import phash
 
 logger = logging.getLogger(__name__)
@@ -100,27 +112,53 @@ def sniff_format(head: bytes) -> str:
     return "other"
 
 
-def describe_image(raw: Path, split: str, label: str, path: Path,
-                   limits: ValidateParams) -> dict:
-    """One table row: read the file once, check its header, then decode it fully once."""
+def describe_image(raw: Path, split: str, label: str, path: Path, limits: ValidateParams,
+                   store: Store | None) -> tuple[dict, bool]:
+    """One table row and whether its content facts came from ``store`` (None: no store).
+
+    The file is read once; a file not found in the store is checked by its header, then
+    decoded fully once."""
     row = _blank_row(raw, split, label, path)
     refusal = _refusal(path, row["file_bytes"], limits.max_file_bytes)
     if refusal:
-        return {**row, **refusal}
+        return {**row, **refusal}, False
     data = path.read_bytes()
-    row.update(sha256=hashlib.sha256(data).hexdigest(), format=sniff_format(data[:16]))
-    header = _read_header(data)
-    row.update(header)
-    if row["status"] != OK:
-        return row
-    pixels = row["width"] * row["height"]
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = store.key("row", sha256, row_parts(limits)) if store else ""
+    stored = store.get(key) if store else None
+    if stored is not None:
+        return {**row, **json.loads(stored)}, True
+    facts = {"sha256": sha256, **content_facts(data, limits)}
+    if store:
+        store.put(key, json.dumps(facts).encode())
+    return {**row, **facts}, False
+
+
+def row_parts(limits: ValidateParams) -> dict:
+    """What a row's content facts depend on besides the content: the pixel limit (it decides
+    whether an image is decoded) and the code and libraries computing them. The other limits
+    act before the file is read or on whole rows later (checks.py), never on these facts."""
+    return {"max_image_pixels": limits.max_image_pixels, **_row_code()}
+
+
+@functools.cache
+def _row_code() -> dict:
+    return {"code": code_digest(sys.modules[__name__], decode, phash_module),
+            "tensorflow": tf.__version__, "pillow": PIL.__version__, "numpy": np.__version__}
+
+
+def content_facts(data: bytes, limits: ValidateParams) -> dict:
+    """Format, header, decodability and measures of a file's bytes (the row without its place)."""
+    facts = {"format": sniff_format(data[:16]), **_read_header(data)}
+    if facts.get("status", OK) != OK:
+        return facts
+    pixels = facts["width"] * facts["height"]
     if pixels > limits.max_image_pixels:
-        return {**row, "status": "too_many_pixels",
-                "error": f"{row['width']}x{row['height']} = {pixels} pixels exceeds "
+        return {**facts, "status": "too_many_pixels",
+                "error": f"{facts['width']}x{facts['height']} = {pixels} pixels exceeds "
                          f"validate.max_image_pixels={limits.max_image_pixels} (decompression "
                          "bomb guard: not decoded)"}
-    row.update(_decode_and_measure(data))
-    return row
+    return {**facts, **_decode_and_measure(data)}
 
 
 def _blank_row(raw: Path, split: str, label: str, path: Path) -> dict:
@@ -202,12 +240,18 @@ def bounded_map(function: Callable[[T], R], items: Iterable[T], workers: int,
             yield pending.popleft().result()
 
 
-def build_table(raw: Path, splits: tuple[str, ...], limits: ValidateParams) -> pd.DataFrame:
-    """Describe every file under the splits (threads: TF decoding and Pillow release the GIL)."""
+def build_table(raw: Path, splits: tuple[str, ...], limits: ValidateParams,
+                store: Store | None) -> pd.DataFrame:
+    """Describe every file under the splits (threads: TF decoding and Pillow release the GIL);
+    with a ``store``, its ``reused`` and ``computed`` count the rows found there and not."""
     files = list_image_files(raw, splits)
-    rows = bounded_map(lambda f: describe_image(raw, *f, limits), files, limits.workers,
+    rows = bounded_map(lambda f: describe_image(raw, *f, limits, store), files, limits.workers,
                        in_flight=4 * limits.workers)
-    records = list(tqdm(rows, total=len(files), desc="inspect images", unit="img"))
+    records = []
+    for record, reused in tqdm(rows, total=len(files), desc="inspect images", unit="img"):
+        records.append(record)
+        if store:
+            store.reused, store.computed = store.reused + reused, store.computed + (not reused)
     table = pd.DataFrame(records, columns=COLUMNS)
     return table.astype({c: np.int64 for c in ("width", "height", "channels", "orientation",
                                                "file_bytes", "decodable")})

@@ -1,0 +1,172 @@
+"""The per-image store: what a stage computed from one image, kept across runs, reused exactly.
+
+A nightly retrain after 1 % new images would otherwise decode, validate and push through the
+frozen base all of them again. ``preprocess``, ``validate`` and ``features`` look each image up
+here first and compute only the misses; their DVC outputs are still complete and the same bytes
+as a run from scratch (DVC neither sees nor versions the store).
+
+An entry's key is the sha256 of the image's content hash plus a JSON of everything the result
+depends on (image size, the decoder's code, the base weights, the cut, the dtype, ...): a change
+of any part is a different key, so nothing stale can be found. Entries live in
+``paths.store/<kind>/<aa>/<key>`` as a magic line, the sha256 of the payload and the payload;
+they are written to a temporary file and renamed (a killed run never leaves half an entry), and
+one that does not verify (truncated, corrupt) is logged, deleted and recomputed, never used.
+The store is bounded: after each stage the least recently used entries (a hit refreshes an
+entry's modification time) are deleted until it holds at most ``store.max_bytes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from warmstart.config.params import Params
+
+logger = logging.getLogger(__name__)
+
+#: The first bytes of every entry; bump the number when the entry layout changes.
+MAGIC = b"warmstart-store 2\n"
+DIGEST_BYTES = hashlib.sha256().digest_size
+
+
+@dataclass
+class Store:
+    """A folder of entries with a size limit; ``enabled`` False finds nothing and keeps nothing.
+
+    ``reused`` and ``computed`` count the images a stage took from the store and computed."""
+
+    folder: Path
+    max_bytes: int
+    enabled: bool
+    reused: int = field(default=0, init=False)
+    computed: int = field(default=0, init=False)
+
+    @classmethod
+    def of(cls, params: Params) -> Store:
+        """The store ``params`` describe (``paths.store``, ``store.max_bytes``, ``.enabled``)."""
+        return cls(params.path("store"), params.store.max_bytes, params.store.enabled)
+
+    def key(self, kind: str, content_sha256: str, parts: dict[str, Any]) -> str:
+        """The entry name of the ``kind`` result of the image with this content hash."""
+        text = json.dumps({"kind": kind, "content": content_sha256, **parts}, sort_keys=True)
+        return f"{kind}/{hashlib.sha256(text.encode()).hexdigest()}"
+
+    def path(self, key: str) -> Path:
+        kind, digest = key.split("/")
+        return self.folder / kind / digest[:2] / digest
+
+    def contains(self, key: str) -> bool:
+        return self.enabled and self.path(key).is_file()
+
+    def get(self, key: str) -> bytes | None:
+        """The payload stored under ``key`` (its recency refreshed), or None: absent or corrupt."""
+        if not self.enabled:
+            return None
+        path = self.path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        payload = _verified(data)
+        if payload is None:
+            logger.warning("Store entry %s is corrupt or truncated: deleted, its image is "
+                           "computed again.", path)
+            path.unlink(missing_ok=True)
+            return None
+        with contextlib.suppress(FileNotFoundError):  # evicted meanwhile: the bytes are read
+            os.utime(path)
+        return payload
+
+    def put(self, key: str, payload: bytes) -> None:
+        """Keep ``payload`` under ``key``: a temporary file renamed into place (atomic)."""
+        if not self.enabled:
+            return
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def counts(self) -> dict[str, int]:
+        """What a stage records in its details file (and bench/scale.py reads)."""
+        return {"reused_images": self.reused, "computed_images": self.computed}
+
+    def evict(self) -> None:
+        """Delete least recently used entries until the store holds at most ``max_bytes``."""
+        if not self.enabled or not self.folder.is_dir():
+            return
+        entries = sorted(_entries(self.folder))
+        total = sum(size for _, _, size in entries)
+        removed = 0
+        for _, path, size in entries:
+            if total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total, removed = total - size, removed + 1
+        logger.info("Store %s: %.1f MiB in %d entries (limit store.max_bytes=%d)%s", self.folder,
+                    total / 2**20, len(entries) - removed, self.max_bytes,
+                    f"; evicted the {removed} least recently used" if removed else "")
+
+
+def _verified(data: bytes) -> bytes | None:
+    """The payload of an entry's bytes, or None if the magic or the checksum is wrong."""
+    head = len(MAGIC) + DIGEST_BYTES
+    if len(data) < head or not data.startswith(MAGIC):
+        return None
+    payload = data[head:]
+    return payload if hashlib.sha256(payload).digest() == data[len(MAGIC):head] else None
+
+
+def _entries(folder: Path) -> Iterable[tuple[int, Path, int]]:
+    """(modification time in ns, path, bytes) of every file, leftover temporary files too."""
+    for path in folder.rglob("*"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        if path.is_file():
+            yield stat.st_mtime_ns, path, stat.st_size
+
+
+def pack_arrays(arrays: Iterable[np.ndarray]) -> bytes:
+    """Arrays as one payload: a JSON header of their dtypes and shapes, then their bytes (exact;
+    reading it back is a view of the payload, no parsing per array)."""
+    arrays = list(arrays)  # tobytes() writes C order whatever the layout
+    header = json.dumps([[array.dtype.str, list(array.shape)] for array in arrays]).encode()
+    return b"".join([len(header).to_bytes(4, "little"), header,
+                     *(array.tobytes() for array in arrays)])
+
+
+def unpack_arrays(payload: bytes) -> list[np.ndarray]:
+    """The arrays of :func:`pack_arrays` (read-only views of ``payload``)."""
+    length = int.from_bytes(payload[:4], "little")
+    offset, arrays = 4 + length, []
+    for dtype, shape in json.loads(payload[4:offset]):
+        array = np.frombuffer(payload, np.dtype(dtype), int(np.prod(shape)), offset)
+        arrays.append(array.reshape(tuple(shape)))
+        offset += array.nbytes
+    return arrays
+
+
+def code_digest(*objects: Any) -> str:
+    """sha256 of the source code of modules or functions: a result computed by code that has
+    changed since (any edit, even of a comment) is a different key, never a stale hit."""
+    digest = hashlib.sha256()
+    for obj in objects:
+        digest.update(inspect.getsource(obj).encode())
+    return digest.hexdigest()
