@@ -1,7 +1,8 @@
-"""Same params, same seed: identical metrics files and identical model weights on CPU."""
+"""Same params, same seed: identical caches, metrics files and model weights on CPU."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from tests.helpers.files import folder_bytes
 from warmstart.config.params import Params
-from warmstart.layout import MODEL_FILE
+from warmstart.layout import FEATURES_INFO_FILE, MODEL_FILE, PREFIX_INFO_FILE
 from warmstart.modeling.model import load_model
 from warmstart.stages.evaluate import run_evaluate
 from warmstart.stages.features import run_features
@@ -21,10 +22,23 @@ OUTPUTS = ("transfer_metrics", "finetune_metrics", "evaluate_metrics", "transfer
            "evaluate_details", "transfer_history", "finetune_history", "evaluate_plots")
 
 
+def cache_files(params: Params) -> dict[str, bytes]:
+    """The caches' shards, and their info files less the timings (seconds differ per run)."""
+    files = {}
+    for key, info in (("features", FEATURES_INFO_FILE), ("prefix", PREFIX_INFO_FILE)):
+        folder = params.path(key)
+        files |= {f"{key}/{p.name}": p.read_bytes() for p in sorted(folder.glob("*.npy"))}
+        recorded = json.loads((folder / info).read_text())
+        for split in recorded["splits"].values():
+            del split["seconds"]
+        files[f"{key}/{info}"] = json.dumps(recorded, sort_keys=True).encode()
+    return files
+
+
 def train_once(params) -> tuple[dict[str, bytes], list[np.ndarray]]:
     for stage in (run_features, run_transfer, run_finetune, run_evaluate):
         stage(params)
-    files = {key: folder_bytes(params.path(key)) for key in OUTPUTS}
+    files = {key: folder_bytes(params.path(key)) for key in OUTPUTS} | cache_files(params)
     weights = load_model(params.path("finetune_model") / MODEL_FILE).get_weights()
     return files, weights
 

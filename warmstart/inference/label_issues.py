@@ -27,7 +27,8 @@ from sklearn.preprocessing import StandardScaler
 
 from warmstart.atomic import write_text
 from warmstart.errors import WarmstartError
-from warmstart.layout import TRAIN, features_file
+from warmstart.layout import FEATURES_ARRAY, FEATURES_INFO_FILE, LABELS_ARRAY, PATHS_ARRAY, TRAIN
+from warmstart.modeling.array_shards import open_split
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +54,22 @@ class TrainingFeatures:
 
 
 def read_training_features(folder: Path) -> TrainingFeatures:
-    """The training split's cached pooled features, labels and image paths (TF-free)."""
-    file = folder / features_file(TRAIN)
-    if not file.is_file():
-        raise LabelIssueError(f"{file} is missing: run `dvc repro features`.")
-    with np.load(file) as data:
-        if "paths" not in data:
-            raise LabelIssueError(f"{file} holds no image paths (written by an older features "
-                                  "stage): re-run `dvc repro features`.")
-        return TrainingFeatures(data["features"], data["labels"].astype(np.int64),
-                                data["paths"].tolist())
+    """The training split's cached pooled features, labels and image paths (TF-free), in
+    memory: the logistic regression needs the whole (n, d) matrix (4 bytes x d an image)."""
+    info = folder / FEATURES_INFO_FILE
+    if not info.is_file():
+        raise LabelIssueError(f"{info} is missing: run `dvc repro features`.")
+    try:
+        arrays = open_split(folder, FEATURES_INFO_FILE, TRAIN)
+    except KeyError as missing:
+        raise LabelIssueError(f"{info} lists no {missing} (written by an older features "
+                              "stage): re-run `dvc repro features`.") from missing
+    if PATHS_ARRAY not in arrays:
+        raise LabelIssueError(f"{info} lists no image paths of the training split (written by "
+                              "an older features stage): re-run `dvc repro features`.")
+    return TrainingFeatures(arrays[FEATURES_ARRAY].read(),
+                            arrays[LABELS_ARRAY].read().astype(np.int64),
+                            arrays[PATHS_ARRAY].read().tolist())
 
 
 @dataclass(frozen=True)

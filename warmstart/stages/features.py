@@ -6,15 +6,19 @@ the frozen layers below ``finetune.fine_tune_at``. This stage computes both once
 pass, into two DVC outputs:
 
 * ``paths.features``: ``base.keras`` (the exact base the caches came from: the transfer stage
-  builds its classifier on it), ``<split>.npz`` for train, validation and test (pooled
-  ``features``, ``labels`` and the image ``paths``, relative to ``paths.raw``: evaluate's
-  label-issue search names the files) and ``features.json`` (counts, timings and the cache
+  builds its classifier on it), for train, validation and test the pooled ``features``,
+  ``labels`` and the image ``paths`` (relative to ``paths.raw``: evaluate's label-issue search
+  names the files) and ``features.json`` (counts, timings, each array's shards and the cache
   key: data, image size, architecture, alpha, weights file hash, base weights). The transfer
   stage depends on this output only, so changing ``fine_tune_at`` leaves it byte-identical and
   DVC does not re-run transfer.
 * ``paths.prefix``: the boundary tensors of the fine-tune cut (see ``modeling/prefix_cache.py``):
   the training split as ``finetune.cache_dtype``, validation and test as float32, so that the
   finetune stage's validation and test predictions are exactly the full model's.
+
+Every array is written as fixed-row ``.npy`` shards (``modeling/array_shards.py``), batch by
+batch as the base computes it: the stage's memory is one batch of outputs (plus the split's
+labels and paths), whatever the number of images.
 """
 
 from __future__ import annotations
@@ -34,21 +38,30 @@ from warmstart.config.params import Params
 from warmstart.data.records import Manifest, image_dataset, split_index
 from warmstart.layout import (
     BASE_FILE,
+    FEATURES_ARRAY,
     FEATURES_INFO_FILE,
+    LABELS_ARRAY,
+    PATHS_ARRAY,
     PREFIX_INFO_FILE,
     SPLITS,
     TRAIN,
-    features_file,
+    boundary_array,
 )
+from warmstart.modeling.array_shards import ArraySpec, CacheWriter, ShardWriter
 from warmstart.modeling.cache_keys import make_key
 from warmstart.modeling.cache_size import cache_bytes, check_disk_space
 from warmstart.modeling.feature_cache import features_key
 from warmstart.modeling.model import FineTuneAt, base_input, build_base, fine_tune_index, save_model
-from warmstart.modeling.prefix_cache import prefix_key, save_prefix
+from warmstart.modeling.prefix_cache import prefix_key
 from warmstart.modeling.surgery import boundary_names, boundary_tensors
 from warmstart.modeling.training import seed_everything
 
 logger = logging.getLogger(__name__)
+
+#: What one split of the caches holds: the arrays computed batch by batch (pooled features,
+#: then the boundary tensors) and the image index (labels, paths) known before the pass.
+SplitCaches = dict[str, list[ArraySpec]]
+
 
 def run_features(params: Params) -> Path:
     seed_everything(params.train.seed, params.train.deterministic)
@@ -57,9 +70,11 @@ def run_features(params: Params) -> Path:
     at = fine_tune_index(base, params.finetune.fine_tune_at)
     dtype = params.finetune.cache_dtype
     extractor = one_pass_extractor(base, at)
-    counts = {split: manifest.count(split) for split in SPLITS}
+    index = {split: split_index(manifest, split) for split in SPLITS}
+    specs = {split: split_specs(extractor, dtype if split == TRAIN else "float32", *index[split])
+             for split in SPLITS}
     check_disk_space({key: params.path(key) for key in ("features", "prefix")},
-                     cache_bytes(base, extractor, counts, dtype))
+                     cache_bytes(base, specs))
     features_info = {"image_size": manifest.image_size,
                      "architecture": params.base.architecture, "alpha": params.base.alpha,
                      "feature_dim": int(extractor.outputs[0].shape[-1]), "splits": {},
@@ -72,19 +87,57 @@ def run_features(params: Params) -> Path:
             atomic_dir(params.path("prefix")) as prefix:
         save_model(base, features / BASE_FILE)
         for split in SPLITS:
-            split_dtype = dtype if split == TRAIN else "float32"
-            pooled, boundary, seconds = extract(extractor, manifest, split,
-                                                params.train.batch_size, split_dtype)
-            paths, labels = split_index(manifest, split)
-            np.savez(features / features_file(split), features=pooled, labels=labels,
-                     paths=np.array(paths, dtype=np.str_))
-            save_prefix(prefix, split, boundary, labels)
-            features_info["splits"][split] = {"count": len(pooled), "seconds": round(seconds, 2)}
-            prefix_info["splits"][split] = {"count": len(pooled), "dtype": split_dtype,
-                                            "bytes": int(sum(a.nbytes for a in boundary))}
+            folders = {"features": features, "prefix": prefix}
+            seconds = write_split(extractor, manifest, split, params.train.batch_size,
+                                  (folders, specs[split]), index[split])
+            features_info["splits"][split] = split_info(specs[split]["features"], split, seconds)
+            prefix_info["splits"][split] = split_info(specs[split]["prefix"], split, seconds)
         write_json(features / FEATURES_INFO_FILE, features_info)
         write_json(prefix / PREFIX_INFO_FILE, prefix_info)
     return params.path("features")
+
+
+def split_specs(extractor: keras.Model, dtype: str, paths: list[str], labels: np.ndarray
+                ) -> SplitCaches:
+    """The arrays of one split in each cache, in the order they are written: the computed ones
+    first (``extractor``'s outputs: pooled features as float32, boundary tensors as
+    ``dtype``), then the index."""
+    count, pooled, *boundary = len(labels), *extractor.outputs
+    paths_dtype = np.dtype(f"<U{max(map(len, paths), default=1)}")
+    index = [ArraySpec.sized(LABELS_ARRAY, count, (), labels.dtype)]
+    return {"features": [ArraySpec.sized(FEATURES_ARRAY, count, pooled.shape[1:], "float32"),
+                         *index, ArraySpec.sized(PATHS_ARRAY, count, (), paths_dtype)],
+            "prefix": [*(ArraySpec.sized(boundary_array(i), count, t.shape[1:], dtype)
+                         for i, t in enumerate(boundary)), *index]}
+
+
+def split_info(specs: list[ArraySpec], split: str, seconds: float) -> dict:
+    """One split's entry in an info file: counts, timing, bytes, dtype and every array's shards."""
+    computed = [s for s in specs if s.name not in (LABELS_ARRAY, PATHS_ARRAY)]
+    return {"count": specs[0].rows, "seconds": round(seconds, 2),
+            "dtype": np.dtype(computed[-1].dtype).name,
+            "bytes": sum(s.rows * s.row_bytes for s in computed),
+            "arrays": {s.name: s.to_json(split) for s in specs}}
+
+
+def write_split(extractor: keras.Model, manifest: Manifest, split: str, batch_size: int,
+                caches: tuple[dict[str, Path], SplitCaches], index: tuple[list[str], np.ndarray]
+                ) -> float:
+    """One split of both caches: the computed arrays streamed batch by batch, then the index
+    (labels, paths: known whole). The seconds the pass over the base took."""
+    folders, specs = caches
+    paths, labels = index
+    known = {LABELS_ARRAY: labels, PATHS_ARRAY: np.array(paths, dtype=np.str_)}
+    computed, indexed = [], []
+    for cache in ("features", "prefix"):
+        for spec in specs[cache]:
+            writers = indexed if spec.name in known else computed
+            writers.append(ShardWriter(folders[cache], split, spec))
+    with CacheWriter(computed) as writer:
+        seconds = extract(extractor, manifest, split, batch_size, writer)
+    with CacheWriter(indexed) as writer:
+        writer.append([known[w.spec.name] for w in indexed])
+    return seconds
 
 
 def one_pass_extractor(base: keras.Model, fine_tune_at: FineTuneAt) -> keras.Model:
@@ -98,25 +151,22 @@ def one_pass_extractor(base: keras.Model, fine_tune_at: FineTuneAt) -> keras.Mod
 
 
 def extract(extractor: keras.Model, manifest: Manifest, split: str, batch_size: int,
-            dtype: str) -> tuple[np.ndarray, list[np.ndarray], float]:
-    """Batched and streamed into preallocated arrays: memory is the caches plus one batch."""
+            writer: CacheWriter) -> float:
+    """Batched and streamed into ``writer``'s shards: memory is one batch. The seconds taken."""
     start, count = time.perf_counter(), manifest.count(split)
-    pooled = np.empty((count, *extractor.outputs[0].shape[1:]), np.float32)
-    boundary = [np.empty((count, *t.shape[1:]), dtype) for t in extractor.outputs[1:]]
-    offset, forward = 0, batch_forward(extractor)
+    forward = batch_forward(extractor)
     images = image_dataset(manifest, split, batch_size, cache=False)
     for batch, _ in tqdm(images, total=-(-count // batch_size), desc=f"features {split}",
                          unit="batch"):
         outputs = [output.numpy() for output in tree.flatten(forward(batch))]
-        for array, output in zip([pooled, *boundary], outputs, strict=True):
-            array[offset:offset + len(output)] = output
-        offset += len(batch)
+        writer.append(outputs)  # [pooled, *boundary]
     seconds = time.perf_counter() - start
-    size = sum(a.nbytes for a in boundary) / 2**20
+    size = sum(w.spec.rows * w.spec.row_bytes for w in writer.writers[1:]) / 2**20
     logger.info("%s: %d images -> features %s + %d boundary tensor(s) (%.0f MiB %s) in %.1f s "
-                "(%.0f img/s)", split, count, pooled.shape[1:], len(boundary), size, dtype,
-                seconds, count / max(seconds, 1e-9))
-    return pooled, boundary, seconds
+                "(%.0f img/s)", split, count, writer.writers[0].spec.row_shape,
+                len(writer.writers) - 1, size, writer.writers[-1].spec.dtype, seconds,
+                count / max(seconds, 1e-9))
+    return seconds
 
 
 def batch_forward(model: keras.Model) -> tf.types.experimental.PolymorphicFunction:
