@@ -20,6 +20,7 @@ from warmstart.modeling.array_shards import (
     ShardedArray,
     ShardWriter,
     contiguous_runs,
+    open_split,
 )
 from warmstart.modeling.cache_dataset import cached_batches
 from warmstart.modeling.training import skip_epochs
@@ -42,13 +43,26 @@ def values() -> np.ndarray:
 
 def test_shards_are_plain_npy_files_of_fixed_rows(tmp_path: Path, values: np.ndarray) -> None:
     array = written(tmp_path, values, shard_rows=10)
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [f"train-boundary_0-{i:05d}-of-00006.npy" for i in range(6)]
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.npy"))
+    assert names == [f"train/boundary_0-{i:05d}-of-00006.npy" for i in range(6)]
     assert [len(np.load(tmp_path / n)) for n in names] == [10, 10, 10, 10, 10, 3]
     np.testing.assert_array_equal(np.concatenate([np.load(tmp_path / n) for n in names]),
                                   values)
     np.testing.assert_array_equal(array.read(), values)
     assert array.shape == values.shape and array.dtype == np.float16
+
+
+def test_a_split_is_read_from_its_shards_alone(tmp_path: Path, values: np.ndarray) -> None:
+    """No info file needed: names and .npy headers give every array's rows, shape, dtype."""
+    written(tmp_path, values, shard_rows=10)
+    written(tmp_path, np.arange(53), shard_rows=20, name="labels")
+    arrays = open_split(tmp_path, "train")
+    assert sorted(arrays) == ["boundary_0", "labels"]
+    assert arrays["boundary_0"].spec == ArraySpec("boundary_0", 53, (3, 2, 4), "<f2", 10)
+    np.testing.assert_array_equal(arrays["labels"].read(), np.arange(53))
+    (tmp_path / "train" / "boundary_0-00003-of-00006.npy").unlink()
+    with pytest.raises(OSError, match=r"shards \[0, 1, 2, 4, 5\] of boundary_0, not all 6"):
+        open_split(tmp_path, "train")
 
 
 @pytest.mark.parametrize("shard_rows", [1, 10, 53, 1000])
@@ -96,7 +110,7 @@ def test_the_writer_refuses_a_wrong_row_count_or_shape(tmp_path: Path) -> None:
 
 def test_a_shard_cut_short_is_refused_naming_it(tmp_path: Path, values: np.ndarray) -> None:
     written(tmp_path, values, shard_rows=10)
-    shard = tmp_path / "train-boundary_0-00002-of-00006.npy"
+    shard = tmp_path / "train" / "boundary_0-00002-of-00006.npy"
     shard.write_bytes(shard.read_bytes()[:-8])
     spec = ArraySpec("boundary_0", 53, values.shape[1:], values.dtype.str, 10)
     with pytest.raises(OSError, match="00002-of-00006.*re-run the features stage"):

@@ -26,7 +26,7 @@ from tests.helpers.project import DEFAULT_PER_CLASS, prepare_project, tiny_param
 from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest, image_dataset, split_index
 from warmstart.inference.recorded import class_probabilities, read_predictions
-from warmstart.layout import BASE_FILE, MODEL_FILE, PREFIX_INFO_FILE, SPLITS
+from warmstart.layout import BASE_FILE, MODEL_FILE, SPLITS
 from warmstart.modeling import array_shards
 from warmstart.modeling.array_shards import open_split
 from warmstart.modeling.augment import augmentation_layers, with_augmentation
@@ -166,7 +166,7 @@ def in_memory_prefix(arrays: list[np.ndarray], labels: np.ndarray, batch: int,
 def test_finetune_on_the_streamed_prefix_equals_training_on_it_in_memory(run: Params) -> None:
     """The stage streams the prefix from its shards; the same arrays held in memory and
     shuffled as before give the very same weights (bit for bit: same batches, same order)."""
-    arrays = open_split(run.path("prefix"), PREFIX_INFO_FILE, "train")
+    arrays = open_split(run.path("prefix"), "train")
     assert len(arrays["boundary_1"].paths) > 1, "the cache spans several shards"
     seed_everything(run.train.seed, run.train.deterministic)
     model = load_model(run.path("transfer_model") / MODEL_FILE)
@@ -305,10 +305,11 @@ def test_cache_info_records_boundary_size_and_shards(run: Params) -> None:
     assert info["splits"]["train"]["bytes"] == 24 * 2 * 2 * (32 + 192) * 4
     wide = info["splits"]["train"]["arrays"]["boundary_1"]  # 2 x 2 x 192 float32: 3 KiB a row
     assert wide["row_shape"] == [2, 2, 192] and wide["shard_rows"] == 5
-    assert wide["files"] == [f"train-boundary_1-{i:05d}-of-00005.npy" for i in range(5)]
+    assert wide["files"] == [f"train/boundary_1-{i:05d}-of-00005.npy" for i in range(5)]
     listed = {f for split in info["splits"].values() for a in split["arrays"].values()
               for f in a["files"]}
-    assert listed == {p.name for p in run.path("prefix").glob("*.npy")}
+    folder = run.path("prefix")
+    assert listed == {p.relative_to(folder).as_posix() for p in folder.rglob("*.npy")}
 
 
 # ---- invalidation through DVC ---------------------------------------------------------------

@@ -27,7 +27,8 @@ def cache_files(params: Params) -> dict[str, bytes]:
     files = {}
     for key, info in (("features", FEATURES_INFO_FILE), ("prefix", PREFIX_INFO_FILE)):
         folder = params.path(key)
-        files |= {f"{key}/{p.name}": p.read_bytes() for p in sorted(folder.glob("*.npy"))}
+        files |= {f"{key}/{p.relative_to(folder)}": p.read_bytes()
+                  for p in sorted(folder.rglob("*.npy"))}
         recorded = json.loads((folder / info).read_text())
         for split in recorded["splits"].values():
             del split["seconds"]

@@ -185,14 +185,14 @@ def test_planted_label_errors_are_found_among_the_top_suspects(tmp_path: Path) -
 
 def test_label_issue_search_refuses_an_old_cache_and_too_many_folds(tmp_path: Path) -> None:
     folder = tmp_path / "features"
-    with pytest.raises(LabelIssueError, match=r"features\.json is missing.*dvc repro features"):
+    with pytest.raises(LabelIssueError, match=r"features/train is missing.*dvc repro features"):
         find_training_label_issues(folder, ["a", "b"], Search(folds=2, c=1.0, seed=0, limit=5))
-    (folder / "features.json").parent.mkdir()
-    (folder / "features.json").write_text('{"splits": {"train": {"count": 6}}}')  # format 1
-    with pytest.raises(LabelIssueError, match=r"lists no 'arrays'.*older features stage"):
+    folder.mkdir()
+    np.savez(folder / "train.npz", features=np.zeros((6, 2)), labels=np.array([0, 1] * 3))
+    with pytest.raises(LabelIssueError, match=r"train\.npz is a cache of an older features"):
         find_training_label_issues(folder, ["a", "b"], Search(folds=2, c=1.0, seed=0, limit=5))
     write_feature_split(folder, "train", np.zeros((6, 2)), np.array([0, 1] * 3))
-    with pytest.raises(LabelIssueError, match=r"no image paths.*dvc repro features"):
+    with pytest.raises(LabelIssueError, match=r"train holds no paths.*dvc repro features"):
         find_training_label_issues(folder, ["a", "b"], Search(folds=2, c=1.0, seed=0, limit=5))
     write_feature_split(folder, "train", np.zeros((6, 2)), np.array([0, 1] * 3),
                         [f"{i}.jpg" for i in range(6)])

@@ -73,8 +73,8 @@ def boundary_array(index: int) -> str:
 def cache_shard(split: str, array: str, index: int, count: int) -> str:
     """Shard ``index`` of ``count`` of one cached array of a split (``paths.features``: pooled
     ``features``, ``labels``, image ``paths``; ``paths.prefix``: ``boundary_<i>``, ``labels``),
-    a ``.npy`` file (``warmstart/modeling/array_shards.py``)."""
-    return f"{split}-{array}-{index:05d}-of-{count:05d}.npy"
+    a ``.npy`` file in the split's folder (``warmstart/modeling/array_shards.py``)."""
+    return f"{split}/{array}-{index:05d}-of-{count:05d}.npy"
 
 
 def sklearn_plot(kind: str, stage: str, split: str) -> str:

@@ -133,7 +133,7 @@ def plant_features(params: Params, contradicted: float = 0.0, seed: int = 0) -> 
 
 def read_paths(folder: Path, split: str) -> list[str]:
     """The image paths the features cache in ``folder`` records for ``split``."""
-    from warmstart.layout import FEATURES_INFO_FILE, PATHS_ARRAY
+    from warmstart.layout import PATHS_ARRAY
     from warmstart.modeling.array_shards import open_split
 
-    return open_split(folder, FEATURES_INFO_FILE, split)[PATHS_ARRAY].read().tolist()
+    return open_split(folder, split)[PATHS_ARRAY].read().tolist()

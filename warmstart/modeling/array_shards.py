@@ -3,7 +3,10 @@
 The ``features`` stage's caches grow with the number of images (the prefix runs to tens of GiB
 at 100,000 images), so no process may hold a whole one. Each cached array of a split (pooled
 ``features``, ``labels``, ``paths``, ``boundary_<i>``) is a run of ``.npy`` files of
-``shard_rows`` rows each (the last one shorter), named by ``layout.cache_shard``:
+``shard_rows`` rows each (the last one shorter) in the split's folder, named by
+``layout.cache_shard`` (``train/features-00000-of-00002.npy``). The shards describe themselves
+(their names and ``.npy`` headers give every array's rows, shape and dtype): a reader needs the
+split's folder only, which is what ``evaluate`` depends on (``dvc.yaml``).
 
 * :class:`ShardWriter` writes a shard's ``.npy`` header, then appends each batch's rows to the
   open file: it holds no rows itself, so the writer's memory is the caller's batch, whatever the
@@ -18,7 +21,6 @@ Every shard is a plain ``.npy`` file: ``np.load`` (or ``np.load(mmap_mode="r")``
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import weakref
@@ -72,9 +74,15 @@ class ArraySpec:
                 "shard_rows": self.shard_rows, "files": self.files(split)}
 
     @classmethod
-    def from_json(cls, name: str, record: dict) -> ArraySpec:
-        return cls(name, int(record["rows"]), tuple(record["row_shape"]), record["dtype"],
-                   int(record["shard_rows"]))
+    def from_shards(cls, name: str, paths: list[Path]) -> ArraySpec:
+        """The spec of the shards ``paths`` (in order), from their headers."""
+        headers = [read_header(path)[0] for path in paths]
+        (_, row_shape, dtype), rows = headers[0], [h[0] for h in headers]
+        uniform = all(h[1:] == headers[0][1:] for h in headers)
+        if not uniform or any(r != rows[0] for r in rows[:-1]) or rows[-1] > rows[0]:
+            raise OSError(f"the shards of {name} in {paths[0].parent} differ in shape, dtype or "
+                          "rows: re-run the features stage (`dvc repro --force features`)")
+        return cls(name, sum(rows), row_shape, dtype, max(1, rows[0]))
 
 
 class ShardWriter:
@@ -122,7 +130,9 @@ class ShardWriter:
             self.file.close()
         self.shard += 1
         self.room = self.lengths[self.shard]
-        self.file = open(self.folder / self.names[self.shard], "wb")  # noqa: SIM115 (closed above)
+        path = self.folder / self.names[self.shard]
+        path.parent.mkdir(exist_ok=True)
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close or the next shard)
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(self.spec.dtype)),
                   "fortran_order": False, "shape": (self.room, *self.spec.row_shape)}
         np.lib.format.write_array_header_1_0(self.file, header)
@@ -159,7 +169,14 @@ class ShardedArray:
     def __init__(self, folder: Path, split: str, spec: ArraySpec) -> None:
         self.spec = spec
         self.paths = [folder / name for name in spec.files(split)]
-        self.offsets = [data_offset(path, spec) for path in self.paths]
+        headers = [read_header(path) for path in self.paths]
+        expected = [(rows, spec.row_shape, np.dtype(spec.dtype).str)
+                    for rows in spec.shard_lengths()]
+        if [header for header, _ in headers] != expected:
+            raise OSError(f"the shards of {spec.name} in {self.paths[0].parent} do not hold the "
+                          "rows of their cache: re-run the features stage "
+                          "(`dvc repro --force features`)")
+        self.offsets = [offset for _, offset in headers]
         self.fds = [os.open(path, os.O_RDONLY) for path in self.paths]
         weakref.finalize(self, close_all, list(self.fds))
 
@@ -205,12 +222,22 @@ class ShardedArray:
             done += got
 
 
-def open_split(folder: Path, info_file: str, split: str) -> dict[str, ShardedArray]:
-    """The arrays of ``split`` that the info file ``folder / info_file`` lists, by name."""
-    info = json.loads((folder / info_file).read_text())
-    arrays = info["splits"][split]["arrays"]
-    return {name: ShardedArray(folder, split, ArraySpec.from_json(name, record))
-            for name, record in arrays.items()}
+def open_split(folder: Path, split: str) -> dict[str, ShardedArray]:
+    """The arrays of ``split`` in a cache ``folder``, by name, from the shards alone; refuses a
+    split whose shards are missing or incomplete, naming the folder."""
+    shards: dict[str, dict[int, Path]] = {}
+    counts: dict[str, int] = {}
+    for path in sorted((folder / split).glob("*.npy")):
+        name, index, _, count = path.stem.rsplit("-", 3)
+        shards.setdefault(name, {})[int(index)] = path
+        counts[name] = int(count)
+    for name, found in shards.items():
+        if sorted(found) != list(range(counts[name])):
+            raise OSError(f"{folder / split} holds shards {sorted(found)} of {name}, not all "
+                          f"{counts[name]}: re-run the features stage (`dvc repro --force "
+                          "features`)")
+    return {name: ShardedArray(folder, split, ArraySpec.from_shards(
+        name, [found[i] for i in sorted(found)])) for name, found in shards.items()}
 
 
 def contiguous_runs(rows: np.ndarray, shard_rows: int) -> list[tuple[int, int, int]]:
@@ -224,21 +251,22 @@ def contiguous_runs(rows: np.ndarray, shard_rows: int) -> list[tuple[int, int, i
     return [(int(a), int(b), int(rows[a])) for a, b in zip(starts, stops, strict=True)]
 
 
-def data_offset(path: Path, spec: ArraySpec) -> int:
-    """Where the rows of the ``.npy`` shard ``path`` start; refuses one ``spec`` does not
-    describe (a cache edited or cut short since its info file was written)."""
+def read_header(path: Path) -> tuple[tuple[int, tuple[int, ...], str], int]:
+    """((rows, row shape, dtype), offset of the rows) of the ``.npy`` shard ``path``; refuses
+    a file that is missing, cut short or not in C order, naming it."""
+    if not path.is_file():
+        raise OSError(f"{path} is missing: re-run the features stage (`dvc repro features`)")
     with open(path, "rb") as file:
         version = np.lib.format.read_magic(file)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(file)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read(file)
         offset = file.tell()
-    expected = os.path.getsize(path) - offset
-    if (fortran or dtype != np.dtype(spec.dtype) or tuple(shape[1:]) != spec.row_shape
-            or shape[0] * spec.row_bytes != expected):
-        raise OSError(f"{path} does not hold the {spec.name} rows its info file describes: "
-                      "re-run the features stage (`dvc repro --force features`)")
-    return offset
+    if fortran or not shape or (os.path.getsize(path) - offset
+                                != math.prod(shape) * dtype.itemsize):
+        raise OSError(f"{path} is not a complete cache shard: re-run the features stage "
+                      "(`dvc repro --force features`)")
+    return (shape[0], tuple(shape[1:]), dtype.str), offset
 
 
 def close_all(fds: list[int]) -> None:

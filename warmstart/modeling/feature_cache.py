@@ -46,7 +46,7 @@ def check_features(folder: Path, manifest: Manifest, base: keras.Model, variant:
 
 def open_features(folder: Path, split: str) -> tuple[ShardedArray, np.ndarray]:
     """(pooled features, read from disk on demand; labels in memory) of one split."""
-    arrays = open_split(folder, FEATURES_INFO_FILE, split)
+    arrays = open_split(folder, split)
     return arrays[FEATURES_ARRAY], arrays[LABELS_ARRAY].read()
 
 

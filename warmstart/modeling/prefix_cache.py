@@ -53,6 +53,6 @@ def prefix_dataset(folder: Path, split: str, batch_size: int,
                    seed: int | None) -> tf.data.Dataset:
     """Batches of ((boundary tensors as float32), label), shuffled per epoch when seeded, each
     batch's rows read from the shards (the same batches as shuffling the arrays in memory)."""
-    arrays = open_split(folder, PREFIX_INFO_FILE, split)
+    arrays = open_split(folder, split)
     boundary = [arrays[boundary_array(i)] for i in range(len(arrays) - 1)]
     return cached_batches(boundary, arrays[LABELS_ARRAY].read(), batch_size, seed)

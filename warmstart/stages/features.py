@@ -86,8 +86,8 @@ def run_features(params: Params) -> Path:
     with atomic_dir(params.path("features")) as features, \
             atomic_dir(params.path("prefix")) as prefix:
         save_model(base, features / BASE_FILE)
+        folders = {"features": features, "prefix": prefix}
         for split in SPLITS:
-            folders = {"features": features, "prefix": prefix}
             seconds = write_split(extractor, manifest, split, params.train.batch_size,
                                   (folders, specs[split]), index[split])
             features_info["splits"][split] = split_info(specs[split]["features"], split, seconds)
@@ -161,11 +161,11 @@ def extract(extractor: keras.Model, manifest: Manifest, split: str, batch_size: 
         outputs = [output.numpy() for output in tree.flatten(forward(batch))]
         writer.append(outputs)  # [pooled, *boundary]
     seconds = time.perf_counter() - start
-    size = sum(w.spec.rows * w.spec.row_bytes for w in writer.writers[1:]) / 2**20
+    pooled, *boundary = (w.spec for w in writer.writers)
+    size = sum(spec.rows * spec.row_bytes for spec in boundary) / 2**20
     logger.info("%s: %d images -> features %s + %d boundary tensor(s) (%.0f MiB %s) in %.1f s "
-                "(%.0f img/s)", split, count, writer.writers[0].spec.row_shape,
-                len(writer.writers) - 1, size, writer.writers[-1].spec.dtype, seconds,
-                count / max(seconds, 1e-9))
+                "(%.0f img/s)", split, count, pooled.row_shape, len(boundary), size,
+                np.dtype(boundary[-1].dtype).name, seconds, count / max(seconds, 1e-9))
     return seconds
 
 
