@@ -23,16 +23,17 @@ OUTPUTS = ("transfer_metrics", "finetune_metrics", "evaluate_metrics", "transfer
 
 
 def cache_files(params: Params) -> dict[str, bytes]:
-    """The caches' shards, and their info files less the timings (seconds differ per run)."""
+    """The caches' shards and info files (``features.json`` less its timings, which differ)."""
     files = {}
-    for key, info in (("features", FEATURES_INFO_FILE), ("prefix", PREFIX_INFO_FILE)):
+    for key in ("features", "prefix"):
         folder = params.path(key)
         files |= {f"{key}/{p.relative_to(folder)}": p.read_bytes()
                   for p in sorted(folder.rglob("*.npy"))}
-        recorded = json.loads((folder / info).read_text())
-        for split in recorded["splits"].values():
-            del split["seconds"]
-        files[f"{key}/{info}"] = json.dumps(recorded, sort_keys=True).encode()
+    files["prefix.json"] = (params.path("prefix") / PREFIX_INFO_FILE).read_bytes()
+    recorded = json.loads((params.path("features") / FEATURES_INFO_FILE).read_text())
+    for split in recorded["splits"].values():
+        del split["seconds"]
+    files["features.json"] = json.dumps(recorded, sort_keys=True).encode()
     return files
 
 

@@ -90,8 +90,9 @@ def run_features(params: Params) -> Path:
         for split in SPLITS:
             seconds = write_split(extractor, manifest, split, params.train.batch_size,
                                   (folders, specs[split]), index[split])
-            features_info["splits"][split] = split_info(specs[split]["features"], split, seconds)
-            prefix_info["splits"][split] = split_info(specs[split]["prefix"], split, seconds)
+            features_info["splits"][split] = {**split_info(specs[split]["features"], split),
+                                              "seconds": round(seconds, 2)}
+            prefix_info["splits"][split] = split_info(specs[split]["prefix"], split)
         write_json(features / FEATURES_INFO_FILE, features_info)
         write_json(prefix / PREFIX_INFO_FILE, prefix_info)
     return params.path("features")
@@ -111,11 +112,10 @@ def split_specs(extractor: keras.Model, dtype: str, paths: list[str], labels: np
                          for i, t in enumerate(boundary)), *index]}
 
 
-def split_info(specs: list[ArraySpec], split: str, seconds: float) -> dict:
-    """One split's entry in an info file: counts, timing, bytes, dtype and every array's shards."""
+def split_info(specs: list[ArraySpec], split: str) -> dict:
+    """One split's entry in an info file: count, dtype, bytes and every array's shards."""
     computed = [s for s in specs if s.name not in (LABELS_ARRAY, PATHS_ARRAY)]
-    return {"count": specs[0].rows, "seconds": round(seconds, 2),
-            "dtype": np.dtype(computed[-1].dtype).name,
+    return {"count": specs[0].rows, "dtype": np.dtype(computed[-1].dtype).name,
             "bytes": sum(s.rows * s.row_bytes for s in computed),
             "arrays": {s.name: s.to_json(split) for s in specs}}
 
