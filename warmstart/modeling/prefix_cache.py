@@ -6,9 +6,9 @@ once per image, every tensor that crosses from the frozen layers into the traina
 *boundary*, see ``warmstart/modeling/surgery.py``) in ``paths.prefix``, the training split as
 ``finetune.cache_dtype`` (float16 halves the memory; measured: same accuracy), the validation
 and test splits always as float32 (exact predictions, what `evaluate` scores): per split the
-``boundary_<i>`` arrays and ``labels`` as ``.npy`` shards (``<split>-<array>-<i>-of-<n>.npy``,
-``modeling/array_shards.py``) and ``prefix.json`` (boundary layers, sizes, timings, each array's
-shards and the cache key: data, image size, ``fine_tune_at``, the frozen layers' weights, dtype).
+``boundary_<i>`` arrays and ``labels`` as ``.npy`` shards (``<split>/<array>-<i>-of-<n>.npy``,
+``modeling/array_shards.py``) and ``prefix.json`` (boundary layers, sizes, each array's shards
+and the cache key: data, image size, ``fine_tune_at``, the frozen layers' weights, dtype).
 The finetune stage checks the key against the transfer model it trains, then streams the
 prefix from disk batch by batch (``modeling/cache_dataset.py``): its memory does not grow with
 the number of images.
