@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 from tests.helpers.commands import make_dvc_project
@@ -26,9 +27,11 @@ from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest, image_dataset, split_index
 from warmstart.inference.recorded import class_probabilities, read_predictions
 from warmstart.layout import BASE_FILE, MODEL_FILE, SPLITS
+from warmstart.modeling import array_shards
+from warmstart.modeling.array_shards import open_split
 from warmstart.modeling.augment import augmentation_layers, with_augmentation
 from warmstart.modeling.cache_keys import StaleCacheError
-from warmstart.modeling.feature_cache import check_features, load_features
+from warmstart.modeling.feature_cache import check_features, open_features
 from warmstart.modeling.model import compile_model, find_base, load_model, unfreeze_from
 from warmstart.modeling.prefix_cache import check_prefix
 from warmstart.modeling.surgery import boundary_names, prefix_model, top_model
@@ -39,15 +42,22 @@ from warmstart.stages.transfer import run_transfer, train_head
 SIZE = 32
 
 
+#: Shards this small split the tiny caches into several files (the pooled features: 3 rows a
+#: shard), so every test here reads across shard boundaries.
+SMALL_SHARD_BYTES = 16 * 2**10
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Params:
     """features -> transfer -> prefix -> finetune on tiny images; float32 cache, no dropout."""
     root = tmp_path_factory.mktemp("cache")
     weights = root / "base.weights.h5"
     calibrated_base().save_weights(weights)
-    return prepare_project(root, upto="finetune", base={"weights": str(weights)},
-                           head={"dropout": 0.0}, finetune={"cache_dtype": "float32"},
-                           validate={"skew_jsd": None, "skew_linf": None})  # not under test here
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(array_shards, "SHARD_BYTES", SMALL_SHARD_BYTES)
+        return prepare_project(root, upto="finetune", base={"weights": str(weights)},
+                               head={"dropout": 0.0}, finetune={"cache_dtype": "float32"},
+                               validate={"skew_jsd": None, "skew_linf": None})  # not tested here
 
 
 def images_of(params: Params, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +151,40 @@ def test_finetune_stage_equals_training_the_whole_classifier(run: Params) -> Non
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
+def in_memory_prefix(arrays: list[np.ndarray], labels: np.ndarray, batch: int,
+                     seed: int) -> tf.data.Dataset:
+    """The training data of the format-1 finetune stage: the whole prefix as tf.constants,
+    each batch gathered by a shuffled index (``prefix_dataset`` before the shards)."""
+    constants, label_values = tuple(tf.constant(a) for a in arrays), tf.constant(labels)
+    order = tf.data.Dataset.range(len(labels)).shuffle(len(labels), seed=seed,
+                                                      reshuffle_each_iteration=True)
+    return order.batch(batch).map(lambda i: (
+        tuple(tf.cast(tf.gather(a, i), tf.float32) for a in constants),
+        tf.gather(label_values, i)))
+
+
+def test_finetune_on_the_streamed_prefix_equals_training_on_it_in_memory(run: Params) -> None:
+    """The stage streams the prefix from its shards; the same arrays held in memory and
+    shuffled as before give the very same weights (bit for bit: same batches, same order)."""
+    arrays = open_split(run.path("prefix"), "train")
+    assert len(arrays["boundary_1"].paths) > 1, "the cache spans several shards"
+    seed_everything(run.train.seed, run.train.deterministic)
+    model = load_model(run.path("transfer_model") / MODEL_FILE)
+    unfreeze_from(find_base(model), run.finetune.fine_tune_at)
+    top = top_model(model, run.finetune.fine_tune_at)
+    data = in_memory_prefix([arrays[f"boundary_{i}"].read() for i in range(2)],
+                            arrays["labels"].read(), run.train.batch_size, run.train.seed)
+    compile_model(top, 2, run.finetune.learning_rate, run.train.label_smoothing)
+    done = json.loads(run.path("transfer_metrics").read_text())["epochs"]
+    top.fit(data, initial_epoch=done, epochs=done + run.finetune.epochs, verbose=0)
+    stage = load_model(run.path("finetune_model") / MODEL_FILE)
+    transfer = load_model(run.path("transfer_model") / MODEL_FILE)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(stage.get_weights(), transfer.get_weights(), strict=True))
+    for a, b in zip(stage.get_weights(), model.get_weights(), strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
 def test_transfer_model_equals_end_to_end_training_from_the_same_head(run: Params) -> None:
     """train_head on cached features vs fit() of base + head on images, from equal head weights."""
     manifest = Manifest.read(run.path("processed"))
@@ -151,7 +195,7 @@ def test_transfer_model_equals_end_to_end_training_from_the_same_head(run: Param
     end_to_end.set_weights(transfer.get_weights())
     start = [w.copy() for w in cached_head[1].get_weights()]
     seed_everything(run.train.seed)
-    cached = {split: load_features(run.path("features"), split) for split in SPLITS}
+    cached = {split: open_features(run.path("features"), split) for split in SPLITS}
     train_head(run, cached_head, cached, len(manifest.classes), None, run.transfer.learning_rate)
     find_base(end_to_end).trainable = False
     compile_model(end_to_end, 2, run.transfer.learning_rate, run.train.label_smoothing)
@@ -254,11 +298,18 @@ def test_augmentation_bypasses_the_caches_and_says_so(copy_of_run: Params,
     np.testing.assert_allclose(augment_only(images, training=False), images)
 
 
-def test_cache_info_records_boundary_and_size(run: Params) -> None:
+def test_cache_info_records_boundary_size_and_shards(run: Params) -> None:
     info = json.loads((run.path("prefix") / "prefix.json").read_text())
     assert info["boundary"] == ["block_10_project_BN", "block_11_expand_BN"]
     assert info["dtype"] == "float32" and info["splits"]["train"]["count"] == 24
     assert info["splits"]["train"]["bytes"] == 24 * 2 * 2 * (32 + 192) * 4
+    wide = info["splits"]["train"]["arrays"]["boundary_1"]  # 2 x 2 x 192 float32: 3 KiB a row
+    assert wide["row_shape"] == [2, 2, 192] and wide["shard_rows"] == 5
+    assert wide["files"] == [f"train/boundary_1-{i:05d}-of-00005.npy" for i in range(5)]
+    listed = {f for split in info["splits"].values() for a in split["arrays"].values()
+              for f in a["files"]}
+    folder = run.path("prefix")
+    assert listed == {p.relative_to(folder).as_posix() for p in folder.rglob("*.npy")}
 
 
 # ---- invalidation through DVC ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Same params, same seed: identical metrics files and identical model weights on CPU."""
+"""Same params, same seed: identical caches, metrics files and model weights on CPU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers.files import folder_bytes
 from warmstart.config.params import Params
-from warmstart.layout import MODEL_FILE
+from warmstart.layout import FEATURES_INFO_FILE, MODEL_FILE, PREFIX_INFO_FILE
 from warmstart.modeling.model import load_model
 from warmstart.stages.evaluate import run_evaluate
 from warmstart.stages.features import run_features
@@ -21,10 +21,21 @@ OUTPUTS = ("transfer_metrics", "finetune_metrics", "evaluate_metrics", "transfer
            "evaluate_details", "transfer_history", "finetune_history", "evaluate_plots")
 
 
+def cache_files(params: Params) -> dict[str, bytes]:
+    """The caches' shards and info files, byte for byte (timings go to the details file)."""
+    files = {}
+    for key in ("features", "prefix"):
+        folder = params.path(key)
+        files |= {f"{key}/{p.relative_to(folder)}": p.read_bytes()
+                  for p in sorted(folder.rglob("*")) if p.suffix in (".npy", ".json")}
+    assert {f"features/{FEATURES_INFO_FILE}", f"prefix/{PREFIX_INFO_FILE}"} <= files.keys()
+    return files
+
+
 def train_once(params) -> tuple[dict[str, bytes], list[np.ndarray]]:
     for stage in (run_features, run_transfer, run_finetune, run_evaluate):
         stage(params)
-    files = {key: folder_bytes(params.path(key)) for key in OUTPUTS}
+    files = {key: folder_bytes(params.path(key)) for key in OUTPUTS} | cache_files(params)
     weights = load_model(params.path("finetune_model") / MODEL_FILE).get_weights()
     return files, weights
 

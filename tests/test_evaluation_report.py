@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import precision_recall_fscore_support
 
+from tests.helpers.caches import write_feature_split
 from tests.helpers.images import CLASS_COLOURS, write_image
 from tests.helpers.project import write_params
 from warmstart.config.params import Params
@@ -87,17 +88,15 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, dict]:
 
 def plant_training_features(params: Params, paths: list[str], flipped: list[int],
                             dims: int = 16) -> np.ndarray:
-    """paths.features/train.npz: one well-separated cluster per class, the ``flipped`` images'
-    labels moved to the next class; returns the given labels."""
+    """paths.features' training split: one well-separated cluster per class, the ``flipped``
+    images' labels moved to the next class; returns the given labels."""
     rng = np.random.default_rng(3)
     truth = np.repeat(np.arange(len(CLASSES)), len(paths) // len(CLASSES))
     centres = rng.normal(scale=4.0, size=(len(CLASSES), dims))
     features = (centres[truth] + rng.normal(size=(len(paths), dims))).astype(np.float32)
     given = truth.copy()
     given[flipped] = (given[flipped] + 1) % len(CLASSES)
-    params.path("features").mkdir(parents=True, exist_ok=True)
-    np.savez(params.path("features") / "train.npz", features=features, labels=given,
-             paths=np.array(paths, dtype=np.str_))
+    write_feature_split(params.path("features"), "train", features, given, paths)
     return given
 
 
@@ -186,12 +185,17 @@ def test_planted_label_errors_are_found_among_the_top_suspects(tmp_path: Path) -
 
 def test_label_issue_search_refuses_an_old_cache_and_too_many_folds(tmp_path: Path) -> None:
     folder = tmp_path / "features"
+    with pytest.raises(LabelIssueError, match=r"features/train is missing.*dvc repro features"):
+        find_training_label_issues(folder, ["a", "b"], Search(folds=2, c=1.0, seed=0, limit=5))
     folder.mkdir()
     np.savez(folder / "train.npz", features=np.zeros((6, 2)), labels=np.array([0, 1] * 3))
-    with pytest.raises(LabelIssueError, match=r"train\.npz holds no image paths.*dvc repro"):
+    with pytest.raises(LabelIssueError, match=r"train\.npz is a cache of an older features"):
         find_training_label_issues(folder, ["a", "b"], Search(folds=2, c=1.0, seed=0, limit=5))
-    np.savez(folder / "train.npz", features=np.zeros((6, 2)), labels=np.array([0, 1] * 3),
-             paths=np.array([f"{i}.jpg" for i in range(6)]))
+    write_feature_split(folder, "train", np.zeros((6, 2)), np.array([0, 1] * 3))
+    with pytest.raises(LabelIssueError, match=r"train holds no paths.*dvc repro features"):
+        find_training_label_issues(folder, ["a", "b"], Search(folds=2, c=1.0, seed=0, limit=5))
+    write_feature_split(folder, "train", np.zeros((6, 2)), np.array([0, 1] * 3),
+                        [f"{i}.jpg" for i in range(6)])
     with pytest.raises(LabelIssueError, match="evaluate.label_issue_folds is 5.*only 3"):
         find_training_label_issues(folder, ["a", "b"], Search(folds=5, c=1.0, seed=0, limit=5))
 

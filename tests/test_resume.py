@@ -27,7 +27,7 @@ from warmstart.config.params import Params, load_params
 from warmstart.data.records import Manifest, image_dataset
 from warmstart.layout import MODEL_FILE
 from warmstart.live import read_history
-from warmstart.modeling.feature_cache import feature_dataset, load_features
+from warmstart.modeling.feature_cache import feature_dataset, open_features
 from warmstart.modeling.model import load_model
 from warmstart.modeling.prefix_cache import prefix_dataset
 from warmstart.modeling.training import POINTER_FILE, skip_epochs
@@ -195,7 +195,7 @@ def test_skip_epochs_gives_the_resumed_epoch_the_uninterrupted_order(project: Pa
     def make():
         seed, batch = project.train.seed, project.train.batch_size
         if kind == "features":
-            return feature_dataset(*load_features(project.path("features"), "train"), batch,
+            return feature_dataset(*open_features(project.path("features"), "train"), batch,
                                    seed)
         if kind == "prefix":
             return prefix_dataset(project.path("prefix"), "train", batch, seed)

@@ -10,8 +10,10 @@ import keras
 import numpy as np
 import pytest
 
+from tests.helpers.caches import write_feature_split
+from tests.helpers.files import folder_bytes
 from tests.helpers.models import calibrated_base
-from tests.helpers.project import plant_features, prepare_project, write_params
+from tests.helpers.project import plant_features, prepare_project, read_paths, write_params
 from warmstart.config.params import Params
 from warmstart.data.records import Manifest
 from warmstart.inference.candidate import choose_candidate
@@ -19,7 +21,7 @@ from warmstart.inference.recorded import read_predictions
 from warmstart.layout import MODEL_FILE, TEST, TRAIN, VALIDATION
 from warmstart.live import read_history
 from warmstart.modeling import lr_search
-from warmstart.modeling.feature_cache import load_features
+from warmstart.modeling.feature_cache import open_features
 from warmstart.modeling.model import (
     SmoothedSparseCrossentropy,
     compile_model,
@@ -128,8 +130,8 @@ def test_early_stopping_keeps_the_best_validation_epoch(stopped: Params) -> None
     assert all(float(kept["val_loss"]) <= float(r["val_loss"]) for r in history.values())
     assert metrics["validation_loss"] == pytest.approx(float(kept["val_loss"]), abs=1e-6)
     # The saved model IS the kept epoch's: its validation loss is that epoch's, not the last's.
-    features, labels = load_features(stopped.path("features"), VALIDATION)
-    loss = kept_head(stopped).evaluate(features, labels, batch_size=8, verbose=0,
+    features, labels = open_features(stopped.path("features"), VALIDATION)
+    loss = kept_head(stopped).evaluate(features.read(), labels, batch_size=8, verbose=0,
                                        return_dict=True)["loss"]
     assert loss == pytest.approx(float(kept["val_loss"]), abs=1e-5)
     assert abs(loss - float(last["val_loss"])) > 1e-3
@@ -144,20 +146,21 @@ def test_learning_rate_search_is_recorded_and_ignores_the_test_split(stopped: Pa
     best = high if high["val_loss"] < low["val_loss"] - stopped.train.min_delta else low
     assert metrics["learning_rate"] == best["learning_rate"]
     assert search["trials"][0]["val_loss"] != search["trials"][1]["val_loss"]
-    features = stopped.path("features") / f"{TEST}.npz"
-    original = features.read_bytes()
+    folder = stopped.path("features")
+    original = folder_bytes(folder)
     try:
-        with np.load(features) as data:
-            rng = np.random.default_rng(0)
-            np.savez(features, features=rng.normal(size=data["features"].shape) * 100,
-                     labels=1 - data["labels"])
+        features, labels = open_features(folder, TEST)
+        rng = np.random.default_rng(0)
+        write_feature_split(folder, TEST, rng.normal(size=features.shape) * 100, 1 - labels,
+                            read_paths(folder, TEST))
         run_transfer(stopped)
         again = json.loads(stopped.path("transfer_metrics").read_text())
         details = json.loads(stopped.path("transfer_details").read_text())
         assert details["learning_rate_search"] == search
         assert again == metrics
     finally:
-        features.write_bytes(original)
+        for name, data in original.items():
+            (folder / name).write_bytes(data)
         run_transfer(stopped)
 
 

@@ -33,7 +33,7 @@ from warmstart.inference.recorded import (
 )
 from warmstart.layout import MODEL_FILE
 from warmstart.live import read_history
-from warmstart.modeling.feature_cache import load_features
+from warmstart.modeling.feature_cache import open_features
 from warmstart.modeling.model import find_base, load_model, unfreeze_from
 from warmstart.modeling.training import class_weights
 from warmstart.stages.evaluate import check_same_images
@@ -75,7 +75,7 @@ def test_shuffled_order_is_seeded(trained: Params) -> None:
 def test_transfer_model_equals_head_on_cached_features(trained: Params) -> None:
     model = load_model(trained.path("transfer_model") / MODEL_FILE)
     manifest = Manifest.read(trained.path("processed"))
-    features, _ = load_features(trained.path("features"), "validation")
+    features = open_features(trained.path("features"), "validation")[0].read()
     head_input = model.get_layer("head_dropout").input
     head = keras.Model(head_input, model.output)
     images = image_dataset(manifest, "validation", batch_size=64, cache=False)

@@ -59,9 +59,22 @@ def split_stats_file(split: str) -> str:
     return f"stats_{split}.pb"
 
 
-def features_file(split: str) -> str:
-    """One split's pooled features, labels and image paths (``paths.features``, an .npz)."""
-    return f"{split}.npz"
+#: The arrays of each split of the caches (``cache_shard``): ``paths.features`` holds the pooled
+#: features, labels and image paths (relative to ``paths.raw``); ``paths.prefix`` the boundary
+#: tensors of the fine-tune cut (``boundary_array(i)``) and labels.
+FEATURES_ARRAY, LABELS_ARRAY, PATHS_ARRAY = "features", "labels", "paths"
+
+
+def boundary_array(index: int) -> str:
+    """The prefix cache's array of the ``index``-th tensor crossing the fine-tune cut."""
+    return f"boundary_{index}"
+
+
+def cache_shard(split: str, array: str, index: int, count: int) -> str:
+    """Shard ``index`` of ``count`` of one cached array of a split (``paths.features``: pooled
+    ``features``, ``labels``, image ``paths``; ``paths.prefix``: ``boundary_<i>``, ``labels``),
+    a ``.npy`` file in the split's folder (``warmstart/modeling/array_shards.py``)."""
+    return f"{split}/{array}-{index:05d}-of-{count:05d}.npy"
 
 
 def sklearn_plot(kind: str, stage: str, split: str) -> str:

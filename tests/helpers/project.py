@@ -112,20 +112,28 @@ def plant_features(params: Params, contradicted: float = 0.0, seed: int = 0) -> 
     centre, so the validation loss rises once the head grows confident (early stopping)."""
     import numpy as np
 
+    from tests.helpers.caches import write_feature_split
     from warmstart.layout import SPLITS, VALIDATION
+    from warmstart.modeling.feature_cache import open_features
 
     rng = np.random.default_rng(seed)
     folder = params.path("features")
-    with np.load(folder / "train.npz") as data:
-        dims = data["features"].shape[1]
+    dims = open_features(folder, SPLITS[0])[0].shape[1]
     centres = rng.normal(size=(2, dims)).astype(np.float32)
     for split in SPLITS:
-        with np.load(folder / f"{split}.npz") as data:
-            labels, paths = data["labels"], data["paths"]
+        _, labels = open_features(folder, split)
         where = labels.copy()
         if split == VALIDATION:
             flip = rng.permutation(len(labels))[:round(contradicted * len(labels))]
             where[flip] = 1 - where[flip]
         noise = rng.normal(scale=0.5, size=(len(labels), dims)).astype(np.float32)
-        np.savez(folder / f"{split}.npz", features=centres[where] + noise, labels=labels,
-                 paths=paths)
+        write_feature_split(folder, split, centres[where] + noise, labels,
+                            read_paths(folder, split))
+
+
+def read_paths(folder: Path, split: str) -> list[str]:
+    """The image paths the features cache in ``folder`` records for ``split``."""
+    from warmstart.layout import PATHS_ARRAY
+    from warmstart.modeling.array_shards import open_split
+
+    return open_split(folder, split)[PATHS_ARRAY].read().tolist()

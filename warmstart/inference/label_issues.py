@@ -27,13 +27,16 @@ from sklearn.preprocessing import StandardScaler
 
 from warmstart.atomic import write_text
 from warmstart.errors import WarmstartError
-from warmstart.layout import TRAIN, features_file
+from warmstart.layout import FEATURES_ARRAY, LABELS_ARRAY, PATHS_ARRAY, TRAIN
+from warmstart.modeling.array_shards import open_split
 
 logger = logging.getLogger(__name__)
 
 #: The columns of ``paths.label_issues``, most doubted image first.
 ISSUE_COLUMNS = ("rank", "path", "given_label", "suggested_label", "self_confidence",
                  "suggested_confidence")
+#: The training split's cache before the shards (cache format 1), recognised to say so.
+OLD_FEATURES_FILE = f"{TRAIN}.npz"
 #: Iterations of the logistic regression's solver (lbfgs): enough to converge on standardised
 #: pooled features, bounded so a pathological cache cannot stall evaluate.
 MAX_ITERATIONS = 1000
@@ -53,16 +56,21 @@ class TrainingFeatures:
 
 
 def read_training_features(folder: Path) -> TrainingFeatures:
-    """The training split's cached pooled features, labels and image paths (TF-free)."""
-    file = folder / features_file(TRAIN)
-    if not file.is_file():
-        raise LabelIssueError(f"{file} is missing: run `dvc repro features`.")
-    with np.load(file) as data:
-        if "paths" not in data:
-            raise LabelIssueError(f"{file} holds no image paths (written by an older features "
-                                  "stage): re-run `dvc repro features`.")
-        return TrainingFeatures(data["features"], data["labels"].astype(np.int64),
-                                data["paths"].tolist())
+    """The training split's cached pooled features, labels and image paths (TF-free), in
+    memory: the logistic regression needs the whole (n, d) matrix (4 bytes x d an image)."""
+    if (folder / OLD_FEATURES_FILE).is_file() and not (folder / TRAIN).is_dir():
+        raise LabelIssueError(f"{folder / OLD_FEATURES_FILE} is a cache of an older features "
+                              "stage: re-run `dvc repro features`.")
+    if not (folder / TRAIN).is_dir():
+        raise LabelIssueError(f"{folder / TRAIN} is missing: run `dvc repro features`.")
+    arrays = open_split(folder, TRAIN)
+    missing = sorted({FEATURES_ARRAY, LABELS_ARRAY, PATHS_ARRAY} - set(arrays))
+    if missing:
+        raise LabelIssueError(f"{folder / TRAIN} holds no {' or '.join(missing)} (written by "
+                              "an older features stage): re-run `dvc repro features`.")
+    return TrainingFeatures(arrays[FEATURES_ARRAY].read(),
+                            arrays[LABELS_ARRAY].read().astype(np.int64),
+                            arrays[PATHS_ARRAY].read().tolist())
 
 
 @dataclass(frozen=True)

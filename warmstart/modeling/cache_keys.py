@@ -22,7 +22,7 @@ from warmstart.hashing import sha256_of
 from warmstart.layout import MANIFEST_FILE
 
 #: Bump when the layout of a cache changes, so older caches are refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: .npy shards streamed from disk (was: one .npz per split)
 
 
 class StaleCacheError(WarmstartError):

@@ -3,31 +3,31 @@
 The prefix cache grows with images x (image size)^2 x the channels crossing the fine-tune cut; at
 100,000 images and 224 px it runs to tens of GiB. Running out of disk half-way would waste the
 whole pass over the base (and fill the disk for everything else), so the stage estimates its
-outputs from the extractor's output shapes, the split sizes and ``finetune.cache_dtype``, and
-refuses to start when a filesystem cannot hold them with a margin.
+outputs from the arrays it is about to write (the extractor's output shapes, the split sizes,
+``finetune.cache_dtype``, the paths' length; ``array_shards.ArraySpec``: rows and shards),
+and refuses to start when a filesystem cannot hold them with a margin.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from warmstart.errors import WarmstartError
-from warmstart.layout import SPLITS, TRAIN
+from warmstart.modeling.array_shards import ArraySpec
 
 logger = logging.getLogger(__name__)
 
-#: Safety factor on the estimate (npz and .keras headers, the model's config, the filesystem's
-#: blocks) and fixed slack on top: space other processes may take meanwhile.
+#: Safety factor on the estimate (.keras headers, the model's config, the filesystem's blocks)
+#: and fixed slack on top: space other processes may take meanwhile.
 MARGIN = 1.1
 SLACK_BYTES = 64 * 2**20
-LABEL_BYTES = np.dtype(np.int64).itemsize
+#: A ``.npy`` shard's header (numpy pads it to a multiple of 64 bytes; 128 for these arrays).
+NPY_HEADER_BYTES = 128
 #: What a ``.keras`` file adds to its float32 weights (measured on MobileNetV2: HDF5 metadata per
 #: weight, JSON config per layer).
 KERAS_BYTES_PER_WEIGHT = 2048
@@ -39,18 +39,22 @@ class DiskSpaceError(WarmstartError):
     """The caches would not fit on the disk."""
 
 
-def cache_bytes(base: keras.Model, extractor: keras.Model, counts: dict[str, int],
-                dtype: str) -> dict[str, int]:
-    """Bytes of each cache output (``features``: ``base`` as .keras + pooled features, ``prefix``:
-    boundary tensors, training split as ``dtype``, the others float32), before the margin."""
-    pooled = math.prod(extractor.outputs[0].shape[1:]) * 4 + LABEL_BYTES
-    boundary = sum(math.prod(t.shape[1:]) for t in extractor.outputs[1:])
-    itemsize = {split: np.dtype(dtype if split == TRAIN else "float32").itemsize
-                for split in SPLITS}
+def cache_bytes(base: keras.Model, specs: dict[str, dict[str, list[ArraySpec]]]
+                ) -> dict[str, int]:
+    """Bytes of each cache output before the margin: ``features``: ``base`` as .keras plus its
+    arrays, ``prefix``: its arrays (``specs``: split -> output name -> the arrays written)."""
     model = (base.count_params() * 4 + len(base.weights) * KERAS_BYTES_PER_WEIGHT
              + len(base.layers) * KERAS_BYTES_PER_LAYER)
-    return {"features": model + pooled * sum(counts.values()),
-            "prefix": sum(counts[s] * (boundary * itemsize[s] + LABEL_BYTES) for s in SPLITS)}
+    sizes = {"features": model, "prefix": 0}
+    for outputs in specs.values():
+        for name, arrays in outputs.items():
+            sizes[name] += sum(array_bytes(spec) for spec in arrays)
+    return sizes
+
+
+def array_bytes(spec: ArraySpec) -> int:
+    """One array's shards on disk: rows plus a header per shard."""
+    return spec.rows * spec.row_bytes + len(spec.shard_lengths()) * NPY_HEADER_BYTES
 
 
 def check_disk_space(targets: dict[str, Path], sizes: dict[str, int]) -> None:

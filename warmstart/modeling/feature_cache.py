@@ -1,9 +1,12 @@
 """The transfer cache: pooled features of the frozen base, stored once per image.
 
 Written by the ``features`` stage into ``paths.features``: ``base.keras`` (the exact base the
-features came from: the transfer stage builds its classifier on it), ``<split>.npz`` (pooled
-``features``, ``labels``, image ``paths``) and ``features.json`` (counts, timings and the cache
-key: data, image size, architecture, alpha, weights file hash, base weights). The key also
+features came from: the transfer stage builds its classifier on it), per split the pooled
+``features``, ``labels`` and image ``paths`` as ``.npy`` shards
+(``<split>/<array>-<i>-of-<n>.npy``, ``modeling/array_shards.py``) and ``features.json`` (counts,
+timings, each array's shards and the cache key: data, image size, architecture, alpha, weights
+file hash, base weights). Training streams the features from the shards
+(``modeling/cache_dataset.py``): no process holds a split's features whole. The key also
 catches a weights file rewritten in place under the same path, which DVC cannot see; the
 transfer stage refuses a stale cache.
 """
@@ -17,9 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from warmstart.config.params import BaseParams
-from warmstart.data.records import Manifest, without_autotuning
+from warmstart.data.records import Manifest
 from warmstart.hashing import sha256_of
-from warmstart.layout import FEATURES_INFO_FILE, features_file
+from warmstart.layout import FEATURES_ARRAY, FEATURES_INFO_FILE, LABELS_ARRAY
+from warmstart.modeling.array_shards import ShardedArray, open_split
+from warmstart.modeling.cache_dataset import cached_batches
 from warmstart.modeling.cache_keys import check_cache, data_digest, weights_digest
 
 
@@ -39,15 +44,14 @@ def check_features(folder: Path, manifest: Manifest, base: keras.Model, variant:
     check_cache(folder / FEATURES_INFO_FILE, features_key(manifest, base, variant, root))
 
 
-def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(folder / features_file(split)) as data:
-        return data["features"], data["labels"]
+def open_features(folder: Path, split: str) -> tuple[ShardedArray, np.ndarray]:
+    """(pooled features, read from disk on demand; labels in memory) of one split."""
+    arrays = open_split(folder, split)
+    return arrays[FEATURES_ARRAY], arrays[LABELS_ARRAY].read()
 
 
-def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int,
+def feature_dataset(features: ShardedArray, labels: np.ndarray, batch_size: int,
                     seed: int | None) -> tf.data.Dataset:
     """Batches of (features, label), reshuffled each epoch when seeded."""
-    data = tf.data.Dataset.from_tensor_slices((features, labels))
-    if seed is not None:
-        data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return without_autotuning(data.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    batches = cached_batches([features], labels, batch_size, seed)
+    return batches.map(lambda inputs, label: (inputs[0], label))

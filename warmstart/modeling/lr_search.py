@@ -18,6 +18,7 @@ import numpy as np
 
 from warmstart.config.params import Params
 from warmstart.layout import TRAIN, VALIDATION
+from warmstart.modeling.array_shards import ShardedArray
 from warmstart.modeling.feature_cache import feature_dataset
 from warmstart.modeling.model import compile_model, head_layers, head_model
 from warmstart.modeling.stopping import StopOnPlateau, Stopping
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 SEARCH_SPLITS = (TRAIN, VALIDATION)
 
 
-def choose_learning_rate(params: Params, cached: dict[str, tuple[np.ndarray, np.ndarray]],
+def choose_learning_rate(params: Params, cached: dict[str, tuple[ShardedArray, np.ndarray]],
                          num_classes: int, class_weight: dict[int, float] | None) -> dict:
     """``{"learning_rate": ..., "learning_rate_search": ...}`` for the transfer details: the
     value from params, or with ``auto`` the winner and every trial's score. ``cached``: the
@@ -50,7 +51,7 @@ def choose_learning_rate(params: Params, cached: dict[str, tuple[np.ndarray, np.
                                      "trials": trials}}
 
 
-def trial(params: Params, cached: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int,
+def trial(params: Params, cached: dict[str, tuple[ShardedArray, np.ndarray]], num_classes: int,
           class_weight: dict[int, float] | None, rate: float, stopping: Stopping) -> dict:
     """One candidate rate: a fresh head trained on the cached features; its kept epoch's
     validation figures."""

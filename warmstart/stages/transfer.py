@@ -29,9 +29,10 @@ from warmstart.atomic import write_json
 from warmstart.config.params import Params
 from warmstart.data.records import Manifest
 from warmstart.layout import BASE_FILE, FEATURES_INFO_FILE, MODEL_FILE, SPLITS, TRAIN, VALIDATION
+from warmstart.modeling.array_shards import ShardedArray
 from warmstart.modeling.augment import augmented_training
 from warmstart.modeling.distribute import worker_outputs
-from warmstart.modeling.feature_cache import check_features, feature_dataset, load_features
+from warmstart.modeling.feature_cache import check_features, feature_dataset, open_features
 from warmstart.modeling.lr_search import choose_learning_rate
 from warmstart.modeling.model import (
     assemble_classifier,
@@ -85,7 +86,7 @@ def train_classifier(params: Params, manifest: Manifest
     check_features(params.path("features"), manifest, base, params.base, params.root)
     num_classes = len(manifest.classes)
     weights = class_weights(params.train, manifest)
-    cached = {split: load_features(params.path("features"), split) for split in SPLITS}
+    cached = {split: open_features(params.path("features"), split) for split in SPLITS}
     choice = choose_learning_rate(params, cached, num_classes, weights)
     rate = choice["learning_rate"]
     seed_everything(params.train.seed, params.train.deterministic)  # whatever the trials drew
@@ -109,7 +110,7 @@ def transfer_backup(params: Params, train: tf.data.Dataset) -> EpochBackup:
 
 
 def train_head(params: Params, layers: list[keras.layers.Layer],
-               cached: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int,
+               cached: dict[str, tuple[ShardedArray, np.ndarray]], num_classes: int,
                class_weight: dict[int, float] | None, rate: float
                ) -> tuple[EpochBackup, dict[str, np.ndarray]]:
     """Fit the head on the cached training features (``cached``: (features, labels) by split),
