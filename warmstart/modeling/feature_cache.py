@@ -4,7 +4,7 @@ Written by the ``features`` stage into ``paths.features``: ``base.keras`` (the e
 features came from: the transfer stage builds its classifier on it), per split the pooled
 ``features``, ``labels`` and image ``paths`` as ``.npy`` shards
 (``<split>/<array>-<i>-of-<n>.npy``, ``modeling/array_shards.py``) and ``features.json`` (counts,
-timings, each array's shards and the cache key: data, image size, architecture, alpha, weights
+each array's shards and the cache key: data, image size, architecture, alpha, weights
 file hash, base weights). Training streams the features from the shards
 (``modeling/cache_dataset.py``): no process holds a split's features whole. The key also
 catches a weights file rewritten in place under the same path, which DVC cannot see; the
