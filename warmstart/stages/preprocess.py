@@ -31,7 +31,6 @@ from warmstart.data.decode import load_image
 from warmstart.data.records import serialize_example, shard_name
 from warmstart.data.validated import read_validated
 from warmstart.errors import WarmstartError
-from warmstart.hashing import sha256_of
 from warmstart.layout import MANIFEST_FILE, SPLITS
 from warmstart.store import Store, code_digest, pack_arrays, unpack_arrays
 
@@ -55,7 +54,8 @@ def run_preprocess(params: Params) -> Path:
             rows = split_rows(table, split)
             paths = list(rows["path"])  # relative to raw: shards do not depend on where it lies
             labels = [classes.index(label) for label in rows["label"]]
-            shards = write_shards(staging, split, (raw, paths), labels, size,
+            files = (raw, paths, content_hashes(rows, params.path("validated")))
+            shards = write_shards(staging, split, files, labels, size,
                                   (params.preprocess.shard_size, store))
             splits[split] = {"count": len(paths), "shards": shards,
                              "class_counts": {name: labels.count(i)
@@ -81,17 +81,29 @@ def split_rows(table: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows
 
 
-def write_shards(folder: Path, split: str, files: tuple[Path, list[str]], labels: list[int],
+def content_hashes(rows: pd.DataFrame, validated: Path) -> list[str]:
+    """The files' sha256 as validate computed it (each file is read for it once, there): the
+    store's key. A usable row always has one."""
+    unhashed = rows.loc[rows["sha256"] == "", "path"].tolist()
+    if unhashed:
+        raise PreprocessError(f"{validated} lists usable images without a content hash "
+                              f"({unhashed[:3]}): re-run `dvc repro --force validate`.")
+    return list(rows["sha256"])
+
+
+def write_shards(folder: Path, split: str, files: tuple[Path, list[str], list[str]],
+                 labels: list[int],
                  size: int, sharding: tuple[int, Store]) -> list[str]:
     """Write fixed-size shards of the pixels (from the store, or decoded) in the given order.
 
-    ``files`` is (raw folder, paths relative to it); the shards record the relative paths.
+    ``files`` is (raw folder, paths relative to it, their content sha256); the shards record
+    the relative paths.
     ``sharding`` is (images per shard, the per-image store).
     """
-    (raw, paths), (shard_size, store) = files, sharding
+    (raw, paths, hashes), (shard_size, store) = files, sharding
     count = -(-len(paths) // shard_size)
     names = [shard_name(split, i, count) for i in range(count)]
-    images = stored_pixels([raw / path for path in paths], size, store)
+    images = stored_pixels([raw / path for path in paths], hashes, size, store)
     writer = None
     progress = tqdm(zip(images, paths, labels, strict=True), total=len(paths),
                     desc=f"preprocess {split}", unit="img")
@@ -113,11 +125,13 @@ def pixel_parts(size: int) -> dict:
     return {"image_size": size, "decoder": code_digest(decode), "tensorflow": tf.__version__}
 
 
-def stored_pixels(files: list[Path], size: int, store: Store) -> Iterator[np.ndarray]:
-    """Each file's uint8 pixels, in order: from the store, else decoded and stored. An entry
-    that turns out corrupt when read is decoded on the spot."""
+def stored_pixels(files: list[Path], hashes: list[str], size: int, store: Store
+                  ) -> Iterator[np.ndarray]:
+    """Each file's uint8 pixels, in order: from the store (keyed by ``hashes``, the files'
+    content sha256), else decoded and stored. An entry that turns out corrupt when read is
+    decoded on the spot."""
     parts = pixel_parts(size)
-    keys = [store.key("pixels", sha256_of(file), parts) for file in files]
+    keys = [store.key("pixels", digest, parts) for digest in hashes]
     missing = {i for i, key in enumerate(keys) if not store.contains(key)}
     decoded = decode_files([file for i, file in enumerate(files) if i in missing], size)
     for index, (file, key) in enumerate(zip(files, keys, strict=True)):
