@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +80,19 @@ def synthetic_photo(rng: np.random.Generator, label: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+#: Images drawn from one random stream: the photos are the same whatever the process count.
+CHUNK = 1000
+
+
 def write_images(folder: Path, classes: int, start: int, count: int, seed: int) -> None:
+    """Images ``start`` .. ``start + count - 1``, in chunks of :data:`CHUNK` over every core."""
+    chunks = [(folder, classes, first, min(CHUNK, start + count - first), seed)
+              for first in range(start, start + count, CHUNK)]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(write_chunk, *zip(*chunks, strict=True)))
+
+
+def write_chunk(folder: Path, classes: int, start: int, count: int, seed: int) -> None:
     rng = np.random.default_rng([seed, start])
     for index in range(start, start + count):
         label = index % classes
@@ -125,7 +139,9 @@ def reuse_counts(paths: list[Path]) -> tuple[int, int] | None:
             sum(info["reused_images"] for info in found))
 
 
-def run_stages(project: Path, images: int, log: Path) -> dict[str, dict]:
+def run_stages(project: Path, images: int, log: Path, progress: Path) -> dict[str, dict]:
+    """Every stage in turn; the rows so far are rewritten to ``progress`` after each (JSON), so
+    a run stopped part way still leaves its figures."""
     paths = yaml.safe_load((project / "params.yaml").read_text())["paths"]
     rows = {}
     for stage in STAGES:
@@ -136,6 +152,9 @@ def run_stages(project: Path, images: int, log: Path) -> dict[str, dict]:
                        "output_bytes": disk_bytes(outputs),
                        "cache_bytes": disk_bytes([project / ".dvc" / "cache"]),
                        "reuse": reuse_counts(outputs)}
+        progress.write_text(json.dumps(rows, indent=2))
+        sys.stderr.write(f"scale: {stage} {result['seconds']:.1f} s, "
+                         f"{result['peak_rss_mib']:.0f} MiB\n")
     return rows
 
 
@@ -169,11 +188,11 @@ def main() -> None:
     write_images(source, args.classes, 0, args.images, seed=0)
     before, project = uptime(), make_project(args, source, log)
     commit(project, log, "init")
-    first = run_stages(project, args.images, log)
+    first = run_stages(project, args.images, log, args.workdir / "first.json")
     commit(project, log, "from scratch")
     added = max(1, round(args.images * args.grow))
     write_images(source, args.classes, args.images, added, seed=1)
-    grown = run_stages(project, args.images + added, log)
+    grown = run_stages(project, args.images + added, log, args.workdir / "grown.json")
     lines = [f"# Scale: {args.images} synthetic images, {args.classes} classes, "
              f"{args.image_size} px, then +{added}", "", f"Load before: `{before}`",
              f"Load after: `{uptime()}`", "", *table("From scratch", first, args.images),
