@@ -83,12 +83,15 @@ def labels_of(manifest: Manifest, split: str) -> np.ndarray:
 
 
 def split_index(manifest: Manifest, split: str) -> tuple[list[str], np.ndarray]:
-    """(image paths, labels) of a split, in stored order (the order every split dataset has)."""
-    records = tf.data.TFRecordDataset(manifest.shard_paths(split))
-    fields = records.map(lambda r: tf.io.parse_single_example(r, {k: _FEATURES[k]
-                                                                  for k in ("path", "label")}))
+    """(image paths, labels) of a split, in stored order (the order every split dataset has).
+
+    Parsed a thousand records at a time: one record at a time costs about 0.8 ms per image
+    (most of the ``features`` stage's time when every image is reused from the store)."""
+    records = tf.data.TFRecordDataset(manifest.shard_paths(split)).batch(1024)
+    fields = records.map(lambda r: tf.io.parse_example(r, {k: _FEATURES[k]
+                                                           for k in ("path", "label")}))
     paths, labels = [], []
-    for example in fields.as_numpy_iterator():
-        paths.append(example["path"].decode())
-        labels.append(example["label"])
-    return paths, np.asarray(labels, dtype=np.int64)
+    for batch in fields.as_numpy_iterator():
+        paths.extend(path.decode() for path in batch["path"])
+        labels.append(batch["label"])
+    return paths, np.concatenate(labels or [np.zeros(0)]).astype(np.int64)
