@@ -81,15 +81,17 @@ def write_processed(params: Params, source: Path, classes: tuple[str, ...]) -> N
 
     from warmstart.atomic import write_json
     from warmstart.data.decode import load_image
-    from warmstart.data.records import serialize_example, shard_name
+    from warmstart.data.records import pixels_sha256, serialize_example, shard_name, write_index
     from warmstart.layout import MANIFEST_FILE, SPLITS
 
     def write_split(split: str, files: list[Path], labels: list[int]) -> list[str]:
-        name = shard_name(split, 0, 1)
+        name, digests = shard_name(split, 0, 1), []
         with tf.io.TFRecordWriter(str(params.path("processed") / name)) as writer:
             for file, label in zip(files, labels, strict=True):
                 pixels = load_image(tf.constant(str(file)), size).numpy()
                 writer.write(serialize_example(pixels, label, str(file)))
+                digests.append(pixels_sha256(pixels))
+        write_index(params.path("processed"), split, [str(f) for f in files], labels, digests)
         return [name]
 
     shutil.copytree(source, params.path("raw"))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart.errors import WarmstartError
-from warmstart.layout import MANIFEST_FILE
+from warmstart.layout import MANIFEST_FILE, index_file
 
 
 class ManifestError(WarmstartError):
@@ -43,6 +43,15 @@ class Manifest:
             raise ManifestError(f"{self.folder / MANIFEST_FILE} has no class counts for "
                                 f"{split}: re-run `dvc repro preprocess`.")
         return [int(counts.get(name, 0)) for name in self.classes]
+
+    def index(self, split: str) -> dict[str, list]:
+        """Each image of ``split`` in stored order: ``paths`` (relative to ``paths.raw``),
+        ``labels`` (class indices) and ``pixels_sha256`` (of the stored uint8 pixels)."""
+        path = self.folder / index_file(split)
+        if not path.is_file():
+            raise ManifestError(f"{path} is missing: {self.folder} was written by an older "
+                                f"preprocess; re-run `dvc repro preprocess`.")
+        return json.loads(path.read_text())
 
     def _split(self, split: str) -> dict:
         if split not in self.splits:

@@ -2,9 +2,11 @@
 
 Output (``paths.processed``): ``<split>-NNNNN-of-MMMMM.tfrecord`` shards of raw uint8 pixels
 (``image_size`` squared, RGB), the label index and the source path, plus ``manifest.json`` with
-the class names, image size and per-split counts (in all and per class) of the train,
-validation and test splits. Training reads these without any per-image
-Python work. Images are kept in the table's (sorted) order; shuffling happens at training time.
+the class names, image size and per-split counts (in all and per class) of the train, validation
+and test splits, and per split ``<split>-index.json``: each image's path, label and the sha256
+of its pixels (what later stages look up without reading the shards). Training reads these
+without any per-image Python work. Images are kept in the table's (sorted) order; shuffling
+happens at training time.
 
 Each image's pixels are kept in the per-image store (``warmstart/store.py``), keyed by its
 content hash, the image size and the decoder (its code and TensorFlow's version): only images
@@ -28,7 +30,7 @@ import warmstart.data.decode as decode
 from warmstart.atomic import atomic_dir, write_json
 from warmstart.config.params import Params
 from warmstart.data.decode import load_image
-from warmstart.data.records import serialize_example, shard_name
+from warmstart.data.records import pixels_sha256, serialize_example, shard_name, write_index
 from warmstart.data.validated import read_validated
 from warmstart.errors import WarmstartError
 from warmstart.layout import MANIFEST_FILE, SPLITS
@@ -94,7 +96,8 @@ def content_hashes(rows: pd.DataFrame, validated: Path) -> list[str]:
 def write_shards(folder: Path, split: str, files: tuple[Path, list[str], list[str]],
                  labels: list[int],
                  size: int, sharding: tuple[int, Store]) -> list[str]:
-    """Write fixed-size shards of the pixels (from the store, or decoded) in the given order.
+    """Write fixed-size shards of the pixels (from the store, or decoded) in the given order,
+    and the split's index (paths, labels, pixel digests).
 
     ``files`` is (raw folder, paths relative to it, their content sha256); the shards record
     the relative paths.
@@ -104,7 +107,7 @@ def write_shards(folder: Path, split: str, files: tuple[Path, list[str], list[st
     count = -(-len(paths) // shard_size)
     names = [shard_name(split, i, count) for i in range(count)]
     images = stored_pixels([raw / path for path in paths], hashes, size, store)
-    writer = None
+    writer, digests = None, []
     progress = tqdm(zip(images, paths, labels, strict=True), total=len(paths),
                     desc=f"preprocess {split}", unit="img")
     for index, (image, path, label) in enumerate(progress):
@@ -113,8 +116,10 @@ def write_shards(folder: Path, split: str, files: tuple[Path, list[str], list[st
                 writer.close()
             writer = tf.io.TFRecordWriter(str(folder / names[index // shard_size]))
         writer.write(serialize_example(image, label, path))
+        digests.append(pixels_sha256(image))
     if writer:
         writer.close()
+    write_index(folder, split, paths, labels, digests)
     logger.info("%s: %d images -> %d shard(s) of %dx%d pixels", split, len(paths), count,
                 size, size)
     return names
