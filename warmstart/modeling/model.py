@@ -62,13 +62,18 @@ def build_base(image_size: int, base: BaseParams, root: Path) -> keras.Model:
 
 def construct(family: Backbone, image_size: int, alpha: float, weights: str | None
               ) -> keras.Model:
-    """Call the family's ``keras.applications`` constructor; Keras' failures say what to fix."""
+    """Call the family's ``keras.applications`` constructor; Keras' failures say what to fix.
+
+    The input is named as Keras names the first one of a process: left to Keras, a base built
+    after other models in the same process (tests, the Python API, a notebook) would be saved
+    as ``input_layer_3`` and its ``base.keras`` would differ from a stage process's."""
     options = {"alpha": alpha} if family.has_alpha else {}
     variant = f"{family.name}(alpha={alpha})" if family.has_alpha else family.name
+    shape = (image_size, image_size, 3)
     try:
         return getattr(keras.applications, family.name)(
-            input_shape=(image_size, image_size, 3), include_top=False, weights=weights,
-            **options)
+            input_shape=shape, input_tensor=keras.Input(shape, name="input_layer"),
+            include_top=False, weights=weights, **options)
     except (ValueError, OSError) as exc:
         reason = str(exc).split("\n\n")[0].rstrip(":")  # not Keras' list of every layer
         raise ModelError(f"Could not load {variant} weights from {weights}: {reason}. Check that "
