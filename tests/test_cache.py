@@ -237,10 +237,13 @@ def test_caches_match_the_run_that_made_them(copy_of_run: Params) -> None:
 
 
 def test_changed_data_invalidates_both_caches(copy_of_run: Params) -> None:
-    shard = Manifest.read(copy_of_run.path("processed")).shard_paths("train")[0]
-    data = bytearray(Path(shard).read_bytes())
-    data[-40] ^= 0xFF
-    Path(shard).write_bytes(bytes(data))
+    """Processed data identify themselves by their index (each image's path, label and pixels'
+    sha256, as preprocess writes them with the shards): one image's new pixels are new data. A
+    shard edited in place behind its index is DVC's to report (`dvc status`: modified)."""
+    index = Manifest.read(copy_of_run.path("processed")).index_path("train")
+    entries = json.loads(index.read_text())
+    entries["pixels_sha256"][0] = "0" * 64
+    index.write_text(json.dumps(entries))
     with pytest.raises(StaleCacheError, match="data: cached"):
         checks(copy_of_run)
 

@@ -47,11 +47,15 @@ class Manifest:
     def index(self, split: str) -> dict[str, list]:
         """Each image of ``split`` in stored order: ``paths`` (relative to ``paths.raw``),
         ``labels`` (class indices) and ``pixels_sha256`` (of the stored uint8 pixels)."""
+        return json.loads(self.index_path(split).read_text())
+
+    def index_path(self, split: str) -> Path:
+        """The file of :meth:`index`; missing, it names the fix."""
         path = self.folder / index_file(split)
         if not path.is_file():
             raise ManifestError(f"{path} is missing: {self.folder} was written by an older "
                                 f"preprocess; re-run `dvc repro preprocess`.")
-        return json.loads(path.read_text())
+        return path
 
     def _split(self, split: str) -> dict:
         if split not in self.splits:

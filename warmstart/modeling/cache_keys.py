@@ -18,7 +18,6 @@ import keras
 
 from warmstart.data.records import Manifest
 from warmstart.errors import WarmstartError
-from warmstart.hashing import sha256_of
 from warmstart.layout import MANIFEST_FILE
 
 #: Bump when the layout of a cache changes, so older caches are refused.
@@ -30,11 +29,12 @@ class StaleCacheError(WarmstartError):
 
 
 def data_digest(manifest: Manifest) -> str:
-    """sha256 over the manifest and every shard: any change of the processed data changes it."""
+    """sha256 over the manifest and each split's index: every image's path, label and pixels'
+    sha256, in stored order. Any change of the processed data changes it, without reading the
+    shards again (at 100,000 images, 4.6 GB hashed twice by every stage that checks a cache)."""
     digest = hashlib.sha256((manifest.folder / MANIFEST_FILE).read_bytes())
     for split in sorted(manifest.splits):
-        for path in manifest.shard_paths(split):
-            digest.update(sha256_of(Path(path)).encode())
+        digest.update(manifest.index_path(split).read_bytes())
     return digest.hexdigest()
 
 
