@@ -27,13 +27,6 @@ MODEL_FILE = "model.keras"
 CLASSES_FILE = "classes.json"
 #: The preprocessed shards' manifest: classes, image size, shards and counts per split.
 MANIFEST_FILE = "manifest.json"
-
-
-def index_file(split: str) -> str:
-    """The preprocessed split's index: each image's path, label and pixels' sha256, in stored
-    order (a stage that needs no pixels reads this, not the shards)."""
-    return f"{split}-index.json"
-
 #: The validate stage's per-image table (every file, ``quarantined`` and why).
 TABLE_FILE = "images.csv"
 #: The columns of that table that validate computes TFDV statistics over (the features of the
@@ -70,6 +63,12 @@ def split_stats_file(split: str) -> str:
 #: features, labels and image paths (relative to ``paths.raw``); ``paths.prefix`` the boundary
 #: tensors of the fine-tune cut (``boundary_array(i)``) and labels.
 FEATURES_ARRAY, LABELS_ARRAY, PATHS_ARRAY = "features", "labels", "paths"
+
+
+def index_file(split: str) -> str:
+    """The preprocessed split's index: each image's path, label and pixels' sha256, in stored
+    order (a stage that needs no pixels reads this, not the shards)."""
+    return f"{split}-index.json"
 
 
 def boundary_array(index: int) -> str:

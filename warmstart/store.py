@@ -113,7 +113,8 @@ class Store:
         entries = list(_entries(self.folder))
         total = sum(size for _, _, size in entries)
         removed = 0
-        for _, path, size in sorted(entries) if total > self.max_bytes else []:
+        oldest_first = sorted(entries) if total > self.max_bytes else []
+        for _, path, size in oldest_first:
             if total <= self.max_bytes:
                 break
             with contextlib.suppress(FileNotFoundError):

@@ -31,7 +31,7 @@ class StaleCacheError(WarmstartError):
 def data_digest(manifest: Manifest) -> str:
     """sha256 over the manifest and each split's index: every image's path, label and pixels'
     sha256, in stored order. Any change of the processed data changes it, without reading the
-    shards again (at 100,000 images, 4.6 GB hashed twice by every stage that checks a cache)."""
+    shards again (gigabytes at 100,000 images)."""
     digest = hashlib.sha256((manifest.folder / MANIFEST_FILE).read_bytes())
     for split in sorted(manifest.splits):
         digest.update(manifest.index_path(split).read_bytes())
