@@ -58,6 +58,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--weights", type=Path,
                         default=SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.h5")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/warmstart-scale"))
+    parser.add_argument("--through", choices=STAGES[STAGES.index("features"):],
+                        default=STAGES[-1],
+                        help="the last stage run (both passes), e.g. features: the incremental "
+                        "figure without the training stages")
     parser.add_argument("--out", type=Path, default=None, help="Markdown report (default: "
                         "bench/results/scale_<N>.md)")
     args = parser.parse_args()
@@ -139,12 +143,13 @@ def reuse_counts(paths: list[Path]) -> tuple[int, int] | None:
             sum(info["reused_images"] for info in found))
 
 
-def run_stages(project: Path, images: int, log: Path, progress: Path) -> dict[str, dict]:
-    """Every stage in turn; the rows so far are rewritten to ``progress`` after each (JSON), so
+def run_stages(project: Path, stages: list[str], images: int, log: Path,
+               progress: Path) -> dict[str, dict]:
+    """The stages in turn; the rows so far are rewritten to ``progress`` after each (JSON), so
     a run stopped part way still leaves its figures."""
     paths = yaml.safe_load((project / "params.yaml").read_text())["paths"]
     rows = {}
-    for stage in STAGES:
+    for stage in stages:
         # The gate may refuse a model of synthetic data: its cost counts, the run goes on.
         result = measured(["dvc", "repro", "-s", stage], project, log, check=stage != "gate")
         outputs = [project / paths[key] for key in OUTPUTS[stage]]
@@ -188,13 +193,15 @@ def main() -> None:
     write_images(source, args.classes, 0, args.images, seed=0)
     before, project = uptime(), make_project(args, source, log)
     commit(project, log, "init")
-    first = run_stages(project, args.images, log, args.workdir / "first.json")
+    stages = STAGES[:STAGES.index(args.through) + 1]
+    first = run_stages(project, stages, args.images, log, args.workdir / "first.json")
     commit(project, log, "from scratch")
     added = max(1, round(args.images * args.grow))
     write_images(source, args.classes, args.images, added, seed=1)
-    grown = run_stages(project, args.images + added, log, args.workdir / "grown.json")
+    grown = run_stages(project, stages, args.images + added, log, args.workdir / "grown.json")
+    through = f"; stages ingest to {args.through}" if args.through != STAGES[-1] else ""
     lines = [f"# Scale: {args.images} synthetic images, {args.classes} classes, "
-             f"{args.image_size} px, then +{added}", "", f"Load before: `{before}`",
+             f"{args.image_size} px, then +{added}{through}", "", f"Load before: `{before}`",
              f"Load after: `{uptime()}`", "", *table("From scratch", first, args.images),
              *table(f"After +{added} images", grown, args.images + added)]
     text = "\n".join(lines)

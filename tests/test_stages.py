@@ -22,7 +22,8 @@ from tests.helpers.project import (
     write_processed,
 )
 from warmstart.config.params import Params, TrainParams
-from warmstart.data.records import Manifest, image_dataset, labels_of, split_index
+from warmstart.data import records
+from warmstart.data.records import Manifest, image_dataset, labels_of, selected_pixels, split_index
 from warmstart.errors import WarmstartError
 from warmstart.inference.recorded import (
     Predictions,
@@ -60,6 +61,27 @@ def test_preprocess_writes_shards_and_manifest(trained: Params) -> None:
     assert images.shape == (18, 32, 32, 3) and images.dtype == "float32"
     assert float(images.numpy().min()) >= 0 and float(images.numpy().max()) <= 255
     assert sorted(set(labels_of(manifest, "validation"))) == [0, 1, 2]
+
+
+def test_selected_pixels_reads_only_the_shards_holding_them(
+        trained: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The features stage after +1 % images reads the misses' pixels: only their shards."""
+    manifest = Manifest.read(trained.path("processed"))
+    size, count, shards = (manifest.shard_size("train"), manifest.count("train"),
+                           manifest.shard_paths("train"))
+    every = list(selected_pixels(manifest, "train", np.ones(count, dtype=bool)))
+    opened, original = [], records.tf.data.TFRecordDataset
+    monkeypatch.setattr(records.tf.data, "TFRecordDataset",
+                        lambda files: opened.append(files) or original(files))
+
+    def read(*indices: int) -> list[bytes]:
+        return list(selected_pixels(manifest, "train", np.isin(np.arange(count), indices)))
+
+    assert len(shards) == 3 and len(every) == count
+    assert read(1, size + 2) == [every[1], every[size + 2]]
+    assert read(count - 1) == [every[count - 1]]
+    assert read() == []
+    assert opened == [shards[:2], shards[2:]]
 
 
 def test_shuffled_order_is_seeded(trained: Params) -> None:

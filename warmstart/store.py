@@ -6,9 +6,11 @@ here first and compute only the misses; their DVC outputs are still complete and
 as a run from scratch (DVC neither sees nor versions the store).
 
 An entry's key is the sha256 of the image's content hash plus a JSON of everything the result
-depends on (image size, the decoder's code, the base weights, the cut, the dtype, ...): a change
-of any part is a different key, so nothing stale can be found. Entries live in
-``paths.store/<kind>/<aa>/<key>`` as a magic line, the sha256 of the payload and the payload;
+depends on (image size, the decoder's code, the base weights, the cut, the dtype, ...) and the
+entry format: a change of any part is a different key, so nothing stale can be found. Entries
+live in ``paths.store/<kind>/<aa>/<key>`` as a magic line, the CRC-32 of the payload and the
+payload (a checksum against truncation and bit rot, not an authenticator: at 100,000 images
+the features stage verifies 1.5 GB, and CRC-32 runs at ~5 GB/s here against sha256's ~1.5);
 they are written to a temporary file and renamed (a killed run never leaves half an entry), and
 one that does not verify (truncated, corrupt) is logged, deleted and recomputed, never used.
 The store is bounded: after each stage the least recently used entries (a hit refreshes an
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +38,11 @@ from warmstart.config.params import Params
 
 logger = logging.getLogger(__name__)
 
-#: The first bytes of every entry; bump the number when the entry layout changes.
-MAGIC = b"warmstart-store 2\n"
-DIGEST_BYTES = hashlib.sha256().digest_size
+#: The entry layout's version, in every key and entry: bump it when the layout changes (old
+#: entries are then never looked up, and age out of the store).
+FORMAT = 3
+MAGIC = f"warmstart-store {FORMAT}\n".encode()
+CHECKSUM_BYTES = 4
 
 
 @dataclass
@@ -59,8 +64,14 @@ class Store:
 
     def key(self, kind: str, content_sha256: str, parts: dict[str, Any]) -> str:
         """The entry name of the ``kind`` result of the image with this content hash."""
-        text = json.dumps({"kind": kind, "content": content_sha256, **parts}, sort_keys=True)
-        return f"{kind}/{hashlib.sha256(text.encode()).hexdigest()}"
+        return self.keys(kind, [content_sha256], parts)[0]
+
+    def keys(self, kind: str, contents_sha256: list[str], parts: dict[str, Any]) -> list[str]:
+        """:meth:`key` of many images with the same parts, serialised once (per image, the JSON
+        took 0.8 s a stage at 100,000 images)."""
+        context = json.dumps({"kind": kind, "format": FORMAT, **parts}, sort_keys=True).encode()
+        return [f"{kind}/{hashlib.sha256(context + content.encode()).hexdigest()}"
+                for content in contents_sha256]
 
     def path(self, key: str) -> Path:
         kind, digest = key.split("/")
@@ -97,7 +108,7 @@ class Store:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+                handle.write(MAGIC + checksum(payload) + payload)
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -125,13 +136,17 @@ class Store:
                     f"; evicted the {removed} least recently used" if removed else "")
 
 
+def checksum(payload: bytes) -> bytes:
+    return zlib.crc32(payload).to_bytes(CHECKSUM_BYTES, "little")
+
+
 def _verified(data: bytes) -> bytes | None:
     """The payload of an entry's bytes, or None if the magic or the checksum is wrong."""
-    head = len(MAGIC) + DIGEST_BYTES
+    head = len(MAGIC) + CHECKSUM_BYTES
     if len(data) < head or not data.startswith(MAGIC):
         return None
     payload = data[head:]
-    return payload if hashlib.sha256(payload).digest() == data[len(MAGIC):head] else None
+    return payload if checksum(payload) == data[len(MAGIC):head] else None
 
 
 def _entries(folder: Path) -> Iterable[tuple[int, str, int]]:

@@ -102,6 +102,7 @@ def write_processed(params: Params, source: Path, classes: tuple[str, ...]) -> N
         files = sorted((params.path("raw") / split).glob("*/*.jpg"))
         labels = [names.index(f.parent.name) for f in files]
         splits[split] = {"count": len(files), "shards": write_split(split, files, labels),
+                         "shard_size": max(1, len(files)),
                          "class_counts": {name: labels.count(i) for i, name in enumerate(names)}}
     write_json(params.path("processed") / MANIFEST_FILE,
                {"classes": names, "image_size": size, "splits": splits})

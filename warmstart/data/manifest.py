@@ -36,6 +36,15 @@ class Manifest:
     def shard_paths(self, split: str) -> list[str]:
         return [str(self.folder / name) for name in self._split(split)["shards"]]
 
+    def shard_size(self, split: str) -> int:
+        """Images per shard of ``split`` (the last shard may hold fewer): image ``i`` is in
+        shard ``i // shard_size``."""
+        size = self._split(split).get("shard_size")
+        if size is None:
+            raise ManifestError(f"{self.folder / MANIFEST_FILE} has no shard size for {split}: "
+                                f"re-run `dvc repro preprocess`.")
+        return int(size)
+
     def class_counts(self, split: str) -> list[int]:
         """Images of each class in ``split``, in class order."""
         counts = self._split(split).get("class_counts")

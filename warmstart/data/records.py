@@ -76,12 +76,17 @@ def image_dataset(manifest: Manifest, split: str, batch_size: int, shuffle_seed:
 def selected_pixels(manifest: Manifest, split: str, selected: np.ndarray,
                     batch_size: int = 256) -> Iterator[bytes]:
     """The raw uint8 pixel bytes of the selected images (``selected``: one bool per image, in
-    stored order), in stored order. The others are skipped inside tf.data, never parsed nor
-    copied to Python: reading 1 % of a split costs about 1 % of reading it all."""
-    if not selected.any():
+    stored order), in stored order. Only the shards holding a selected image are read, and the
+    others of their images are skipped inside tf.data, never parsed nor copied to Python: at
+    100,000 images, reading every shard for 1 % new ones would read 4.9 GB for 49 MB."""
+    size = manifest.shard_size(split)
+    shards = [(path, selected[i * size:(i + 1) * size])
+              for i, path in enumerate(manifest.shard_paths(split))]
+    shards = [(path, picked) for path, picked in shards if picked.any()]
+    if not shards:
         return
-    mask = tf.constant(selected, tf.bool)
-    records = tf.data.TFRecordDataset(manifest.shard_paths(split)).enumerate()
+    mask = tf.constant(np.concatenate([picked for _, picked in shards]), tf.bool)
+    records = tf.data.TFRecordDataset([path for path, _ in shards]).enumerate()
     picked = records.filter(lambda i, _: tf.gather(mask, i)).map(lambda _, record: record)
     pixels = picked.batch(batch_size).map(
         lambda r: tf.io.parse_example(r, {"image": _FEATURES["image"]})["image"])

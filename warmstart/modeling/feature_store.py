@@ -56,8 +56,7 @@ def stored_batches(forward: Forward, manifest: Manifest, split: str, batching: t
     read from the shards: after 1 % new images, 1 % of them."""
     (batch_size, dtype), (store, parts) = batching, keying
     parts = {**parts, "dtype": dtype}
-    keys = [store.key("features", digest, parts)
-            for digest in manifest.index(split)["pixels_sha256"]]
+    keys = store.keys("features", manifest.index(split)["pixels_sha256"], parts)
     stored = np.array([store.contains(key) for key in keys], dtype=bool)
     misses = selected_pixels(manifest, split, ~stored)
     for start in range(0, len(keys), batch_size):

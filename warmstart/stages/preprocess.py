@@ -60,6 +60,7 @@ def run_preprocess(params: Params) -> Path:
             shards = write_shards(staging, split, files, labels, size,
                                   (params.preprocess.shard_size, store))
             splits[split] = {"count": len(paths), "shards": shards,
+                             "shard_size": params.preprocess.shard_size,
                              "class_counts": {name: labels.count(i)
                                               for i, name in enumerate(classes)}}
         write_json(staging / MANIFEST_FILE, {"classes": classes, "image_size": size,
@@ -136,7 +137,7 @@ def stored_pixels(files: list[Path], hashes: list[str], size: int, store: Store
     content sha256), else decoded and stored. An entry that turns out corrupt when read is
     decoded on the spot."""
     parts = pixel_parts(size)
-    keys = [store.key("pixels", digest, parts) for digest in hashes]
+    keys = store.keys("pixels", hashes, parts)
     missing = {i for i, key in enumerate(keys) if not store.contains(key)}
     decoded = decode_files([file for i, file in enumerate(files) if i in missing], size)
     for index, (file, key) in enumerate(zip(files, keys, strict=True)):
