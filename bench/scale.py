@@ -38,7 +38,8 @@ from tutorial_vs_warmstart import REPO, SHARED, copy_checkout, measured, uptime 
 STAGES = ["ingest", "validate", "preprocess", "features", "transfer", "finetune", "evaluate",
           "export", "model_card", "gate"]
 #: Each stage's outputs, as paths.* keys of params.yaml.
-OUTPUTS = {"ingest": ["raw"], "validate": ["validated", "validation_report", "validate_details"],
+OUTPUTS = {"ingest": ["raw", "ingest_details"],
+           "validate": ["validated", "validation_report", "validate_details"],
            "preprocess": ["processed", "preprocess_details"],
            "features": ["features", "prefix", "features_details"],
            "transfer": ["transfer_model"], "finetune": ["finetune_model"],

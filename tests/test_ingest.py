@@ -7,8 +7,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import json
 import logging
 import os
+import shutil
 import stat
 import threading
 import zipfile
@@ -17,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.files import folder_bytes
 from tests.helpers.images import make_dataset
 from tests.helpers.project import write_params
 from tests.helpers.sources import make_class_folders, write_csv, zip_tree
+from warmstart.config.params import Params
 from warmstart.layout import SPLITS
 from warmstart.stages.ingest import IngestError, download, run_ingest
 
@@ -212,6 +216,41 @@ def test_class_folders_are_split_per_class_by_the_fractions(tmp_path: Path) -> N
     shares = {split: {c: len(f) for c, f in names(raw, split).items()} for split in SPLITS}
     assert shares == {"train": {"cats": 16, "dogs": 8}, "validation": {"cats": 2, "dogs": 1},
                       "test": {"cats": 2, "dogs": 1}}
+
+
+def ingest_counts(params: Params) -> tuple[int, int]:
+    found = json.loads(params.path("ingest_details").read_text())
+    return found["computed_images"], found["reused_images"]
+
+
+def test_a_grown_folder_is_phashed_only_for_its_new_files(tmp_path: Path) -> None:
+    """The pHashes (a decode each: most of ingest's time) come from the per-image store; the
+    splits and files are those of an ingest without it."""
+    source = make_class_folders(tmp_path / "src", {"cats": 20, "dogs": 10})
+    params = params_for(tmp_path / "work", source)
+    run_ingest(params)
+    assert ingest_counts(params) == (30, 0)
+    make_class_folders(source, {"cats": 2, "dogs": 1}, first_seed=500)
+    without_store = tmp_path / "without_store"
+    shutil.copytree(tmp_path / "work", without_store)
+    run_ingest(params)
+    assert ingest_counts(params) == (3, 30)
+    cold = write_params(without_store, source, store={"enabled": False})
+    run_ingest(cold)
+    assert ingest_counts(cold) == (33, 0)
+    assert folder_bytes(params.path("raw")) == folder_bytes(cold.path("raw"))
+    assert (params.path("split_assignments").read_bytes()
+            == cold.path("split_assignments").read_bytes())
+
+
+def test_a_changed_decode_limit_phashes_again(tmp_path: Path) -> None:
+    source = make_class_folders(tmp_path / "src", {"cats": 6, "dogs": 6})
+    run_ingest(params_for(tmp_path / "work", source))
+    params = write_params(tmp_path / "work", source, validate={"max_image_pixels": 10**7})
+    run_ingest(params)
+    assert ingest_counts(params) == (12, 0)
+    run_ingest(params)
+    assert ingest_counts(params) == (0, 12)
 
 
 @pytest.mark.parametrize("layout", ["auto", "class_folders"])

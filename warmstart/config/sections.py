@@ -178,6 +178,7 @@ class PathsParams:
     gate_details: RelPath
     checkpoints: RelPath
     store: RelPath
+    ingest_details: RelPath
     preprocess_details: RelPath
     features_details: RelPath
 

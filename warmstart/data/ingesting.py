@@ -28,6 +28,7 @@ from warmstart.data.splitting import (
     leaks,
 )
 from warmstart.layout import SPLITS
+from warmstart.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -45,30 +46,35 @@ class Ingested:
     leaks: list[Leak]
 
 
-def ingest_into(params: Params, target: Path, previous: dict[str, dict[str, str]]) -> Ingested:
+def ingest_into(params: Params, target: Path, previous: dict[str, dict[str, str]],
+                store: Store) -> Ingested:
     """Materialise ``data.source`` (downloading or extracting it) into ``target``, an empty
-    folder; ``previous``: the last ingest's split assignments, which are kept."""
+    folder; ``previous``: the last ingest's split assignments, which are kept; ``store``: the
+    per-image store of the pHashes (see :func:`fingerprints`)."""
     label, source = source_label(params), local_source(params)
     if source.is_dir():
-        return _place(params, source, target, label, previous, move=False)
+        return _place(params, (source, target), label, previous, (store, False))
     verify_sha256(source, params.data.sha256, label=label)
     extracted = target / "_extracted"  # beside the split folders: a rename, not a copy, away
     try:
         extract_zip(source, extracted, params.data.max_extract_bytes)
-        return _place(params, extracted, target, label, previous, move=True)
+        return _place(params, (extracted, target), label, previous, (store, True))
     finally:
         shutil.rmtree(extracted, ignore_errors=True)
 
 
-def _place(params: Params, top: Path, target: Path, label: str,
-           previous: dict[str, dict[str, str]], move: bool) -> Ingested:
+def _place(params: Params, folders: tuple[Path, Path], label: str,
+           previous: dict[str, dict[str, str]], placing: tuple[Store, bool]) -> Ingested:
+    """``folders``: (the source's top, the target); ``placing``: (the store, whether the files
+    are moved: our own extraction, or copied: the user's folder)."""
+    (top, target), (store, move) = folders, placing
     dataset = find_dataset(top, params.data, label)
     images = dataset.images
     if not images:
         raise IngestError(f"{label} holds no images ({dataset.layout} layout found in "
                           f"{dataset.root or 'its top'}); nothing to ingest.")
     needs_phash = [len(shares) > 1 for shares in allowed_splits(images, params.data)]
-    prints = fingerprints(images, needs_phash, params.validate)
+    prints = fingerprints(images, needs_phash, params.validate, store)
     groups = duplicate_groups(images, prints, params.validate.near_duplicate_distance)
     rows = assign(images, prints, groups, previous, params.data)
     _materialise(images, rows, target, move)

@@ -26,6 +26,7 @@ from warmstart.data.fetch import IngestError
 from warmstart.data.ingesting import Ingested, class_counts, ingest_into, log_summary
 from warmstart.data.splitting import read_assignments
 from warmstart.layout import SPLITS, TEST, TRAIN, VALIDATION
+from warmstart.store import Store
 from warmstart.validation.schema import propose_schema, schema_diff, write_schema
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,11 @@ def run_init(params_file: Path, source: str, dry_run: bool = False) -> int:
     text = params_file.read_text()
     params = _params_with_source(text, params_file.parent, source)
     with tempfile.TemporaryDirectory(prefix="warmstart-init-") as tmp:
+        # The pHashes init computes are kept for the first ingest, except in a dry run.
+        store = Store(params.path("store"), params.store.max_bytes,
+                      params.store.enabled and not dry_run)
         found = ingest_into(params, Path(tmp) / "raw",
-                            read_assignments(params.path("split_assignments")))
+                            read_assignments(params.path("split_assignments")), store)
         schema = propose_schema(Path(tmp) / "raw", TRAIN, params.validate)
     log_summary(found)
     _warn_about_gaps(found)

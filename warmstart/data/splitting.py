@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import PIL
 from PIL import Image
 
 from warmstart.atomic import write_text
@@ -32,12 +33,15 @@ from warmstart.data.fetch import IngestError
 from warmstart.data.sources import UNSPLIT, SourceImage
 from warmstart.hashing import sha256_of
 from warmstart.layout import SPLIT_ASSIGNMENT_COLUMNS, SPLITS, TEST, VALIDATION
+from warmstart.store import Store, code_digest
 from warmstart.validation.phash import connected_groups, near_pairs, phash
 
 logger = logging.getLogger(__name__)
 
 #: Threads hashing and pHashing images (PIL and hashlib release the GIL while they work).
 HASH_WORKERS = min(4, os.cpu_count() or 1)
+#: The store entries of ingest: a file's pHash (empty: unreadable or over the limits).
+PHASH_KIND = "phash"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,16 +79,39 @@ def pool_fractions(pool: str, data: DataParams, has_test: bool) -> dict[str, flo
     return {pool: 1.0}
 
 
-def fingerprints(images: list[SourceImage], needs_phash: list[bool],
-                 limits: ValidateParams) -> list[tuple[str, str | None]]:
-    """(sha256, pHash or None) per image; pHash only where a split is to be chosen."""
-    def one(item: tuple[SourceImage, bool]) -> tuple[str, str | None]:
-        image, wanted = item
+def fingerprints(images: list[SourceImage], needs_phash: list[bool], limits: ValidateParams,
+                 store: Store) -> list[tuple[str, str | None]]:
+    """(sha256, pHash or None) per image; pHash only where a split is to be chosen. A pHash
+    costs a decode (most of ingest's time): it comes from the per-image store when the store
+    holds the file's, and is kept there otherwise; ``store`` counts both."""
+    wanted = [need and limits.near_duplicate_distance >= 0 for need in needs_phash]
+    parts = phash_parts(limits)
+
+    def one(item: tuple[SourceImage, bool]) -> tuple[str, str | None, bool]:
+        image, needed = item
         digest = sha256_of(image.file)
-        return digest, (_phash_of(image.file, limits) if wanted else None)
+        if not needed:
+            return digest, None, False
+        key = store.key(PHASH_KIND, digest, parts)
+        payload = store.get(key)
+        if payload is not None:
+            return digest, payload.decode() or None, True
+        value = _phash_of(image.file, limits)
+        store.put(key, (value or "").encode())
+        return digest, value, False
 
     with ThreadPoolExecutor(HASH_WORKERS) as pool:
-        return list(pool.map(one, zip(images, needs_phash, strict=True)))
+        found = list(pool.map(one, zip(images, wanted, strict=True)))
+    hits = sum(hit for *_, hit in found)
+    store.reused, store.computed = store.reused + hits, store.computed + sum(wanted) - hits
+    return [(digest, value) for digest, value, _ in found]
+
+
+def phash_parts(limits: ValidateParams) -> dict:
+    """What a file's pHash depends on besides its content: the code, Pillow and the limits
+    above which a file is never decoded."""
+    return {"code": code_digest(_phash_of, phash), "pillow": PIL.__version__,
+            "max_file_bytes": limits.max_file_bytes, "max_image_pixels": limits.max_image_pixels}
 
 
 def _phash_of(file: Path, limits: ValidateParams) -> str | None:
