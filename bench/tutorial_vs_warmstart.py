@@ -121,11 +121,12 @@ def make_project(target: Path, args: argparse.Namespace, **overrides: dict) -> P
 
 
 def copy_checkout(target: Path) -> None:
-    """``target`` (emptied) as a scratch project of this checkout: dvc.yaml, params.yaml, the
-    warmstart package and the schema."""
+    """``target`` (emptied) as a scratch project of this checkout: dvc.yaml, params.yaml,
+    .gitignore (the per-image store and caches stay out of git), the warmstart package and the
+    schema."""
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(REPO / name, target)
     for name in ("warmstart", "schema"):
         shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -147,8 +147,14 @@ def test_finetune_stage_equals_training_the_whole_classifier(run: Params) -> Non
     transfer = load_model(run.path("transfer_model") / MODEL_FILE)
     assert any(not np.array_equal(a, b) for a, b in
                zip(stage.get_weights(), transfer.get_weights(), strict=True))
+    # RMSprop divides each step by the root of a running mean of squared gradients: where that
+    # is ~0, float noise (oneDNN's kernels differ by CPU) moves a weight by up to ~lr a step. Seen
+    # on an AVX-512 Xeon: 4 of 1,728 elements of one depthwise kernel 2.6e-3 apart, all else
+    # within 1.2e-5; another shuffle seed moves ~98 % of every tensor's elements, by up to 0.027.
     for a, b in zip(stage.get_weights(), model.get_weights(), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        close = np.isclose(a, b, rtol=1e-3, atol=1e-5)
+        assert close.mean() >= 0.99, f"{(~close).sum()} of {a.size} elements differ"
+        np.testing.assert_allclose(a, b, atol=10 * run.finetune.learning_rate)
 
 
 def in_memory_prefix(arrays: list[np.ndarray], labels: np.ndarray, batch: int,

@@ -19,6 +19,7 @@ from tests.helpers.files import folder_bytes
 from tests.helpers.images import CLASS_COLOURS, write_image
 from tests.helpers.models import calibrated_base
 from tests.helpers.project import prepare_project
+from warmstart import store as store_module
 from warmstart.config.params import Params, load_params
 from warmstart.data.manifest import ManifestError
 from warmstart.layout import SPLITS, index_file
@@ -271,6 +272,35 @@ def test_eviction_keeps_the_limit_least_recently_used_first(tmp_path: Path) -> N
     kept = [key for key in keys if store.contains(key)]
     assert kept == [keys[0], keys[3], keys[4]]
     assert sum(store.path(k).stat().st_size for k in kept) <= 10_000
+
+
+def test_the_store_is_walked_only_when_it_may_be_over_its_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a walk the store records its size; later stages add what they wrote and walk it
+    (to evict) only when that bound is over ``max_bytes``."""
+    walks = []
+    original = store_module._entries
+    monkeypatch.setattr(store_module, "_entries",
+                        lambda folder: walks.append(1) or original(folder))
+
+    def stage(*numbers: int) -> Store:
+        store = Store(tmp_path / "store", max_bytes=10_000, enabled=True)
+        for number in numbers:
+            store.put(store.key("test", f"{number:064x}", {}), bytes(3_000))
+        store.evict()
+        return store
+
+    stage(0)
+    assert len(walks) == 1  # no size on record yet
+    stage(1, 2)
+    assert len(walks) == 1  # 3 entries of ~3 KB: under the limit, no walk
+    store = stage(3, 4)
+    assert len(walks) == 2  # 5 entries: maybe over, walked and evicted
+    files = [p for p in (tmp_path / "store" / "test").rglob("*") if p.is_file()]
+    assert len(files) == 3 and sum(p.stat().st_size for p in files) <= 10_000
+    assert json.loads((tmp_path / "store" / store_module.SIZE_FILE).read_text()) == {
+        "bytes": sum(p.stat().st_size for p in files)}
+    assert store.written == 0
 
 
 def test_a_truncated_entry_is_recomputed_not_used(project: Params) -> None:
