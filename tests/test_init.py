@@ -4,6 +4,7 @@ schema out, comments kept, nothing ingested into the project, a summary of what 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from tests.helpers.sources import make_class_folders, zip_tree
 from warmstart.cli import main
 from warmstart.config.params import load_params
 from warmstart.data.onboarding import source_value
+from warmstart.stages.ingest import run_ingest
 
 
 @pytest.fixture
@@ -51,6 +53,8 @@ def test_init_on_class_folders_writes_params_and_schema_and_logs_a_summary(
     schema = params.path("schema").read_text()
     assert all(f'value: "{label}"' in schema for label in ("birds", "cats", "dogs"))
     assert not (project / "data" / "raw").exists()  # inspected in a temporary folder
+    run_ingest(params)  # the pHashes init computed are in the store: none is computed again
+    assert json.loads(params.path("ingest_details").read_text())["computed_images"] == 0
     for expected in ("class_folders layout in ./, 40 images, splits: train=32, validation=4, "
                      "test=4", "train: birds=8, cats=16, dogs=8", "imbalance (largest / "
                      "smallest class) 2.00: cats 20 / birds 10", "git diff params.yaml schema/",
@@ -68,6 +72,7 @@ def test_init_dry_run_on_a_zip_of_split_folders_shows_and_writes_nothing(
                  str(archive)]) == 0
     assert (project / "params.yaml").read_text() == before
     assert not (project / "schema").exists()
+    assert not (project / ".warmstart").exists()  # no store either
     shown = capsys.readouterr().out
     for expected in ("+  source: incoming/pets.zip", "+  layout: split_folders",
                      "+  validation_split: val", 'value: "cats"'):
