@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,8 +67,19 @@ def flow_parameters(project: str, overrides: dict[str, str | None], publish: boo
 def serve(project: Path, name: str, schedule: list, parameters: dict[str, Any]) -> None:
     """Run until interrupted: schedule runs on the server and execute them here, one at a
     time (`limit=1`; runs from other processes wait on the workspace lock)."""
+    signal.signal(signal.SIGINT, stop_on_interrupt)
     pipeline.serve(name=name, schedules=schedule, parameters=parameters, limit=1,
                    description=f"warmstart pipeline in {project}", tags=["warmstart"])
+
+
+def stop_on_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C stops ``serve`` the way SIGTERM does: Prefect's runner cancels the run in
+    progress and its polling loops from its own loop. Left to asyncio's KeyboardInterrupt,
+    ``serve`` under load kept starting scheduled runs for over a minute after Ctrl-C
+    (tests/test_deployment.py). A second Ctrl-C exits at once (the runner's SIGTERM handler).
+    Nothing is logged here: a signal handler must not take the logging lock; the runner logs
+    "SIGTERM received, initiating graceful shutdown"."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def deploy(source: str, pool: str, name: str, schedule: list,

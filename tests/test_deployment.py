@@ -124,3 +124,19 @@ def test_served_deployment_runs_on_schedule(server, tmp_path: Path) -> None:
     assert deployment["parameters"]["project"] == str(project)
     assert deployment["entrypoint"] == "flows/pipeline.py:pipeline"
     assert str(REPO) in str(deployment["pull_steps"])  # a worker runs this checkout's code
+
+
+def test_ctrl_c_stops_serve_through_the_runners_sigterm_shutdown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT is re-sent as SIGTERM, which Prefect's runner handles from its own loop (left to
+    asyncio's KeyboardInterrupt, serve under load kept starting runs for over 60 s)."""
+    from flows import deploy
+
+    sent, installed = [], {}
+    monkeypatch.setattr(deploy.os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    monkeypatch.setattr(deploy.signal, "signal",
+                        lambda signum, handler: installed.setdefault(signum, handler))
+    monkeypatch.setattr(deploy.pipeline, "serve", lambda **kwargs: None)
+    deploy.serve(Path("."), "test", [], {})
+    installed[signal.SIGINT](signal.SIGINT, None)
+    assert sent == [(os.getpid(), signal.SIGTERM)]
