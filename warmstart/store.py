@@ -166,14 +166,13 @@ class Store:
                     total / 2**20, len(entries) - removed, self.max_bytes,
                     f"; evicted the {removed} least recently used" if removed else "")
 
-
     def _size_bound(self) -> int | None:
         """The recorded size plus the bytes written since; None: no (readable) record."""
         try:
             recorded = json.loads((self.folder / SIZE_FILE).read_text())["bytes"]
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
-        return int(recorded) + self.written if isinstance(recorded, int) else None
+        return recorded + self.written if isinstance(recorded, int) else None
 
     def _record_size(self, total: int) -> None:
         write_json(self.folder / SIZE_FILE, {"bytes": total})
@@ -197,8 +196,7 @@ def _entries(folder: Path) -> Iterable[tuple[int, str, int]]:
     """(modification time in ns, path, bytes) of every entry file (in the kinds' folders),
     leftover temporary files too.
 
-    ``os.scandir``, not ``Path.rglob``: a store of 100,000 images holds 300,000 entries, and
-    every stage walks it."""
+    ``os.scandir``, not ``Path.rglob``: a store of 100,000 images holds 400,000 entries."""
     top = str(folder)
     folders = [top]
     while folders:
