@@ -21,10 +21,11 @@ from warmstart.inference.recorded import read_predictions
 from warmstart.layout import MODEL_FILE, TEST, TRAIN, VALIDATION
 from warmstart.live import read_history
 from warmstart.modeling import lr_search
-from warmstart.modeling.feature_cache import open_features
+from warmstart.modeling.feature_cache import feature_dataset, open_features
 from warmstart.modeling.model import (
     SmoothedSparseCrossentropy,
     compile_model,
+    head_layers,
     head_model,
     load_model,
 )
@@ -223,9 +224,40 @@ def test_learning_rate_ties_within_min_delta_go_to_the_smaller_rate(
     """Regression: flowers' search took 1e-3 over 3e-4 for a validation loss 0.0005 lower, a
     difference early stopping (train.min_delta 0.001) counts as no improvement."""
     scores = dict(zip((3e-4, 1e-3, 3e-3), losses, strict=True))
-    monkeypatch.setattr(lr_search, "trial", lambda params, cached, k, weights, rate, stopping: {
-        "learning_rate": rate, "epoch": 1, "val_loss": scores[rate], "val_accuracy": 0.5})
+    monkeypatch.setattr(lr_search, "run_trials", lambda params, cached, classes, rates, stop: [
+        {"learning_rate": rate, "epoch": 1, "val_loss": scores[rate], "val_accuracy": 0.5}
+        for rate in rates])
     params = write_params(tmp_path, tmp_path, train={"monitor": "val_loss", "min_delta": 0.001},
                           transfer={"learning_rate": "auto", "learning_rates": list(scores)})
     choice = lr_search.choose_learning_rate(params, {TRAIN: None, VALIDATION: None}, 2, None)
     assert choice["learning_rate"] == chosen
+
+
+@pytest.mark.parametrize(("num_classes", "class_weight"),
+                         [(2, None), (3, {0: 0.5, 1: 1.0, 2: 2.0})])
+def test_each_fused_trial_is_a_keras_fit_of_the_stage_head(
+        tmp_path: Path, num_classes: int, class_weight: dict | None) -> None:
+    """The trials train every rate's head side by side in one Dense layer with a hand-written
+    RMSprop step; each head's validation figures per epoch must be those of a Keras ``fit`` of
+    the stage's own head (seeded the same) at that rate, on the same batches."""
+    rng = np.random.default_rng(3)
+    folder, rates = tmp_path / "features", [3e-4, 3e-3, 3e-2]
+    for split, count in ((TRAIN, 90), (VALIDATION, 40)):
+        labels = rng.integers(0, num_classes, count)
+        write_feature_split(folder, split, rng.normal(size=(count, 6)) + labels[:, None], labels)
+    params = write_params(tmp_path, tmp_path, train={"batch_size": 16, "label_smoothing": 0.1},
+                          head={"dropout": 0.3}, transfer={"epochs": 6, "patience": None})
+    cached = {split: open_features(folder, split) for split in (TRAIN, VALIDATION)}
+    fused = lr_search.run_trials(params, cached, (num_classes, class_weight), rates,
+                                 Stopping("val_loss", None))
+    for rate, trial in zip(rates, fused, strict=True):
+        keras.utils.set_random_seed(params.train.seed)
+        head = head_model(6, head_layers(num_classes, params.head.dropout))
+        compile_model(head, num_classes, rate, params.train.label_smoothing)
+        data = {split: feature_dataset(*cached[split], 16, seed=seed)
+                for split, seed in ((TRAIN, params.train.seed), (VALIDATION, None))}
+        history = head.fit(data[TRAIN], validation_data=data[VALIDATION], epochs=6, verbose=0,
+                           class_weight=class_weight).history
+        assert trial["epoch"] == 6
+        assert trial["val_loss"] == pytest.approx(history["val_loss"][-1], abs=2e-6)
+        assert trial["val_accuracy"] == pytest.approx(history["val_accuracy"][-1], abs=1e-6)

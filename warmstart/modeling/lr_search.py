@@ -1,37 +1,54 @@
 """``transfer.learning_rate: auto``: the head's learning rate, chosen on the validation split.
 
 The tutorial's fixed head schedule (1e-4 for 50 epochs) under-fits datasets it was not tuned
-on. Training the head on the cached pooled features costs milliseconds an epoch, so every
-candidate of ``transfer.learning_rates`` gets a full trial: a fresh head (same seed each, so the
-order of the trials does not matter) trained for at most ``transfer.epochs`` with the stage's
-early stopping, scored by its best ``train.monitor`` on the VALIDATION split. The best wins by
-the rule early stopping uses: a larger rate must be better by more than ``train.min_delta``, so
-ties (differences that change nothing) go to the smaller rate. The trials read the training and
-validation features only: the test split, which the gate judges on, plays no part in the choice.
+on. Training the head on the cached pooled features is cheap, so every candidate of
+``transfer.learning_rates`` gets a full trial: a fresh head (same seed each, so neither the
+order nor the set of the trials changes one's result) trained for at most ``transfer.epochs``
+with the stage's early stopping, scored by its best ``train.monitor`` on the VALIDATION split.
+The best wins by the rule early stopping uses: a larger rate must be better by more than
+``train.min_delta``, so ties (differences that change nothing) go to the smaller rate. The
+trials read the training and validation features only: the test split, which the gate judges
+on, plays no part in the choice.
+
+All trials train together, on the same batches, as one Dense layer holding every rate's head
+(:class:`FusedHeads`): one step and one validation pass per batch serve every rate. Keras
+``fit`` costs about 100 ms an epoch per trial here, nearly all of it overhead, for a few ms of
+work. Each head's figures are those of a ``fit`` of the stage's head at its rate (to float
+rounding; ``tests/test_selection.py`` compares them); the stage's model still comes from its
+own ``fit`` at the chosen rate, with backups.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 
 import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
 
 from warmstart.config.params import Params
 from warmstart.layout import TRAIN, VALIDATION
 from warmstart.modeling.array_shards import ShardedArray
-from warmstart.modeling.feature_cache import feature_dataset
 from warmstart.modeling.model import compile_model, head_layers, head_model
-from warmstart.modeling.stopping import StopOnPlateau, Stopping
-from warmstart.modeling.training import EpochBar, seed_everything
+from warmstart.modeling.stopping import Stopping
+from warmstart.modeling.training import seed_everything
 
 logger = logging.getLogger(__name__)
 
 #: The splits a trial reads: never the test split.
 SEARCH_SPLITS = (TRAIN, VALIDATION)
 
+#: (features, labels) of one split: pooled features on disk, labels in memory.
+Cached = dict[str, tuple[ShardedArray, np.ndarray]]
 
-def choose_learning_rate(params: Params, cached: dict[str, tuple[ShardedArray, np.ndarray]],
-                         num_classes: int, class_weight: dict[int, float] | None) -> dict:
+#: A split's pooled features up to this size are read into memory once for the trials (which
+#: read them once an epoch); larger ones are read from disk batch by batch.
+IN_MEMORY_BYTES = 2**29
+
+
+def choose_learning_rate(params: Params, cached: Cached, num_classes: int,
+                         class_weight: dict[int, float] | None) -> dict:
     """``{"learning_rate": ..., "learning_rate_search": ...}`` for the transfer details: the
     value from params, or with ``auto`` the winner and every trial's score. ``cached``: the
     features cache by split; only ``SEARCH_SPLITS`` are read."""
@@ -40,8 +57,8 @@ def choose_learning_rate(params: Params, cached: dict[str, tuple[ShardedArray, n
         return {"learning_rate": transfer.learning_rate}
     cached = {split: cached[split] for split in SEARCH_SPLITS}
     stopping = Stopping.of(params.train, transfer.patience)
-    trials = [trial(params, cached, num_classes, class_weight, rate, stopping)
-              for rate in sorted(set(transfer.learning_rates))]
+    trials = run_trials(params, cached, (num_classes, class_weight),
+                        sorted(set(transfer.learning_rates)), stopping)
     best = stopping.best_row(trials)  # smallest rate first: ties (within min_delta) go to it
     logger.info("transfer.learning_rate auto: %s (best %s on the validation split of %s)",
                 best["learning_rate"], stopping.monitor,
@@ -51,20 +68,130 @@ def choose_learning_rate(params: Params, cached: dict[str, tuple[ShardedArray, n
                                      "trials": trials}}
 
 
-def trial(params: Params, cached: dict[str, tuple[ShardedArray, np.ndarray]], num_classes: int,
-          class_weight: dict[int, float] | None, rate: float, stopping: Stopping) -> dict:
-    """One candidate rate: a fresh head trained on the cached features; its kept epoch's
-    validation figures."""
-    seed_everything(params.train.seed, params.train.deterministic)
-    head = head_model(cached[TRAIN][0].shape[1], head_layers(num_classes, params.head.dropout))
-    compile_model(head, num_classes, rate, params.train.label_smoothing)
+def run_trials(params: Params, cached: Cached,
+               classes: tuple[int, dict[int, float] | None], rates: list[float],
+               stopping: Stopping) -> list[dict]:
+    """Every rate's trial (``classes``: class count, class weights): its kept epoch's
+    validation figures, in the order of ``rates``."""
+    heads = FusedHeads(params, cached[TRAIN][0].shape[1], classes, rates)
     batch, seed = params.train.batch_size, params.train.seed
-    train = feature_dataset(*cached[TRAIN], batch, seed=seed)
-    validation = feature_dataset(*cached[VALIDATION], batch, seed=None)
-    plateau = StopOnPlateau(stopping)
-    bar = EpochBar(f"transfer learning-rate trial {rate:g}")
-    head.fit(train, validation_data=validation, epochs=params.transfer.epochs, verbose=0,
-             callbacks=[bar, plateau], class_weight=class_weight)
-    kept = stopping.kept_row(plateau.rows)
+    train = TrialBatches(*cached[TRAIN], batch, seed)
+    validation = TrialBatches(*cached[VALIDATION], batch, None)
+    rows: list[list[dict]] = [[] for _ in rates]
+    running = list(range(len(rates)))
+    epochs = tqdm(range(1, params.transfer.epochs + 1), unit="epoch", leave=False,
+                  disable=None, desc=f"transfer learning-rate trials {rates}")
+    for epoch in epochs:
+        for features, labels in train:
+            heads.step(features, labels)
+        figures = sum(heads.score(features, labels) for features, labels in validation)
+        figures = figures.numpy() / len(cached[VALIDATION][1])
+        for k in running:
+            rows[k].append({"epoch": epoch, "val_loss": float(figures[k, 0]),
+                            "val_accuracy": float(figures[k, 1])})
+        running = [k for k in running if not stopping.should_stop(rows[k])]
+        if not running:
+            break
+    epochs.close()
+    return [trial_result(rate, stopping.kept_row(history))
+            for rate, history in zip(rates, rows, strict=True)]
+
+
+class FusedHeads:
+    """One head per rate, side by side in one Dense layer: every trial's step is one matmul.
+
+    Every trial starts from the stage's seeded head, so all heads have the same initial
+    weights and draw the same dropout masks: one Dropout layer serves them all, and the fused
+    kernel is the head's kernel repeated once per rate. Each head's block of the kernel and bias
+    is updated by RMSprop (Keras 3.3's update, no momentum, not centred) at its own rate, from
+    the gradient of its own loss. ``tests/test_selection.py`` checks a trial against a Keras
+    ``fit`` of the same head.
+    """
+
+    def __init__(self, params: Params, feature_dim: int,
+                 classes: tuple[int, dict[int, float] | None], rates: list[float]) -> None:
+        seed_everything(params.train.seed, params.train.deterministic)
+        head = head_model(feature_dim, head_layers(classes[0], params.head.dropout))
+        compile_model(head, classes[0], rates[0], params.train.label_smoothing)
+        dropout, dense = head.layers[1:]
+        optimizer = head.optimizer
+        self.dropout, self.loss, self.activation = dropout, head.loss, dense.activation
+        self.units, self.count = dense.units, len(rates)
+        self.variables = [tf.Variable(tf.tile(weights, [1] * (weights.ndim - 1) + [len(rates)]))
+                          for weights in (dense.kernel.numpy(), dense.bias.numpy())]
+        self.velocities = [tf.Variable(tf.zeros_like(v)) for v in self.variables]
+        self.rates = tf.repeat(tf.constant(rates, tf.float32), self.units)
+        self.rho, self.epsilon = float(optimizer.rho), float(optimizer.epsilon)
+        self.table = None if classes[1] is None else tf.constant(
+            [classes[1][c] for c in range(classes[0])], tf.float32)
+        self.step = tf.function(self._step, reduce_retracing=True)
+        self.score = tf.function(self._score, reduce_retracing=True)
+
+    def outputs(self, features: tf.Tensor, training: bool) -> list[tf.Tensor]:
+        """Each head's outputs on ``features``."""
+        kernel, bias = self.variables
+        logits = tf.matmul(self.dropout(features, training=training), kernel) + bias
+        return [self.activation(logits[:, k * self.units:(k + 1) * self.units])
+                for k in range(self.count)]
+
+    def _step(self, features: tf.Tensor, labels: tf.Tensor) -> None:
+        weights = None if self.table is None else tf.gather(self.table,
+                                                            tf.cast(labels, tf.int32))
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([self.loss(labels, outputs, weights)
+                             for outputs in self.outputs(features, training=True)])
+        for variable, velocity, gradient in zip(self.variables, self.velocities,
+                                                tape.gradient(loss, self.variables), strict=True):
+            velocity.assign(self.rho * velocity + (1 - self.rho) * tf.square(gradient))
+            variable.assign_sub(self.rates * gradient / tf.sqrt(velocity + self.epsilon))
+
+    def _score(self, features: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """Per head, the batch's summed loss (unweighted, as Keras validates) and correct
+        count."""
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.stack([tf.stack([self.loss(labels, outputs) * count,
+                                   correct(labels, outputs, self.units)])
+                         for outputs in self.outputs(features, training=False)])
+
+
+class TrialBatches:
+    """A split's batches for the trials, epoch after epoch: the batches of
+    :func:`~warmstart.modeling.cache_dataset.cached_batches` with the same ``seed`` (the same
+    shuffled order of row indices each epoch, so a trial sees what ``fit`` on the stage's
+    dataset would), rows taken by Python rather than by a tf.data map (a third of the time).
+    """
+
+    def __init__(self, features: ShardedArray, labels: np.ndarray, batch_size: int,
+                 seed: int | None) -> None:
+        count = len(labels)
+        order = tf.data.Dataset.range(count)
+        if seed is not None:
+            order = order.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        self.order, self.labels = order.batch(batch_size), labels
+        self.take = row_reader(features)
+
+    def __iter__(self) -> Iterator[tuple[tf.Tensor, tf.Tensor]]:
+        for indices in self.order:
+            rows = indices.numpy()
+            yield (tf.constant(self.take(rows), tf.float32), tf.constant(self.labels[rows]))
+
+
+def row_reader(features: ShardedArray) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows by index: from memory when the array is at most :data:`IN_MEMORY_BYTES`."""
+    if features.spec.rows * features.spec.row_bytes > IN_MEMORY_BYTES:
+        return features.take
+    whole = features.read()
+    return lambda rows: whole[rows]
+
+
+def trial_result(rate: float, kept: dict) -> dict:
     return {"learning_rate": rate, "epoch": int(kept["epoch"]),
             **{key: round(float(kept[key]), 6) for key in ("val_loss", "val_accuracy")}}
+
+
+def correct(labels: tf.Tensor, outputs: tf.Tensor, units: int) -> tf.Tensor:
+    """How many of the batch a head gets right (the stage's accuracy: sigmoid > 0.5 for two
+    classes, one unit; the arg-max otherwise)."""
+    predicted = tf.cast(outputs[:, 0] > 0.5, tf.int64) if units == 1 \
+        else tf.argmax(outputs, axis=-1)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int64)), tf.float32))

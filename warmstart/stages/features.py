@@ -69,6 +69,9 @@ logger = logging.getLogger(__name__)
 SplitCaches = dict[str, list[ArraySpec]]
 #: How a split's outputs are computed: ((batch size, boundary dtype), (store, key parts)).
 Computing = tuple[tuple[int, str], tuple[Store, dict]]
+#: The extractor in inference mode as a tf.function (:func:`batch_forward`), traced once per
+#: stage (a trace of the base takes about a second).
+Traced = tf.types.experimental.PolymorphicFunction
 
 
 def run_features(params: Params) -> Path:
@@ -87,14 +90,14 @@ def run_features(params: Params) -> Path:
     features_info, prefix_info = cache_infos(params, manifest, base, extractor)
     store = Store.of(params)
     parts = image_parts(base, at, params.base, params.root, (one_pass_extractor, batch_forward))
-    seconds = {}
+    seconds, forward = {}, batch_forward(extractor)  # traced once for every split
     with atomic_dir(params.path("features")) as features, \
             atomic_dir(params.path("prefix")) as prefix:
         save_model(base, features / BASE_FILE)
         folders = {"features": features, "prefix": prefix}
         for split in SPLITS:
             computing = ((params.train.batch_size, split_dtype(dtype, split)), (store, parts))
-            seconds[split] = round(write_split(extractor, manifest, split, computing,
+            seconds[split] = round(write_split(forward, manifest, split, computing,
                                                ((folders, specs[split]), index[split])), 2)
             features_info["splits"][split] = split_info(specs[split]["features"], split)
             prefix_info["splits"][split] = split_info(specs[split]["prefix"], split)
@@ -157,7 +160,7 @@ def split_info(specs: list[ArraySpec], split: str) -> dict:
             "arrays": {s.name: s.to_json(split) for s in specs}}
 
 
-def write_split(extractor: keras.Model, manifest: Manifest, split: str, computing: Computing,
+def write_split(forward: Traced, manifest: Manifest, split: str, computing: Computing,
                 outputs: tuple[tuple[dict[str, Path], SplitCaches], tuple[list[str], np.ndarray]]
                 ) -> float:
     """One split of both caches: the computed arrays streamed batch by batch, then the index
@@ -171,7 +174,7 @@ def write_split(extractor: keras.Model, manifest: Manifest, split: str, computin
             writers = indexed if spec.name in known else computed
             writers.append(ShardWriter(folders[cache], split, spec))
     with CacheWriter(computed) as writer:
-        seconds = extract(extractor, manifest, split, computing, writer)
+        seconds = extract(forward, manifest, split, computing, writer)
     with CacheWriter(indexed) as writer:
         writer.append([known[w.spec.name] for w in indexed])
     return seconds
@@ -187,15 +190,14 @@ def one_pass_extractor(base: keras.Model, fine_tune_at: FineTuneAt) -> keras.Mod
     return keras.Model(pixels, [pooled, *boundary], name="caches")
 
 
-def extract(extractor: keras.Model, manifest: Manifest, split: str, computing: Computing,
+def extract(forward: Traced, manifest: Manifest, split: str, computing: Computing,
             writer: CacheWriter) -> float:
     """Batched and streamed into ``writer``'s shards: memory is one batch. Each batch's
     ``[pooled, *boundary]`` comes from the store or the base (``computing``: see
     :data:`Computing`). The seconds taken."""
     (batch_size, _), keying = computing
     start, count = time.perf_counter(), manifest.count(split)
-    function = batch_forward(extractor)
-    batches = stored_batches(lambda x: [o.numpy() for o in tree.flatten(function(x))],
+    batches = stored_batches(lambda x: [o.numpy() for o in tree.flatten(forward(x))],
                              manifest, split, computing[0], keying)
     for outputs in tqdm(batches, total=-(-count // batch_size), desc=f"features {split}",
                         unit="batch"):
@@ -209,7 +211,7 @@ def extract(extractor: keras.Model, manifest: Manifest, split: str, computing: C
     return seconds
 
 
-def batch_forward(model: keras.Model) -> tf.types.experimental.PolymorphicFunction:
+def batch_forward(model: keras.Model) -> Traced:
     """``model`` in inference mode, traced once for any batch size (the last batch is smaller:
     ``predict_on_batch`` would trace the whole base a second time for it)."""
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)

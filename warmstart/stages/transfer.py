@@ -66,7 +66,15 @@ def run_transfer(params: Params) -> Path:
     strategy, manifest = start_training(params.train, params.path("processed"))
     params = worker_outputs(params, strategy, "transfer")
     with strategy.scope():
-        model, backup, outputs, choice = train_classifier(params, manifest)
+        base = checked_base(params, manifest)
+    cached = {split: open_features(params.path("features"), split) for split in SPLITS}
+    weights = class_weights(params.train, manifest)
+    # Outside the strategy's scope: the trials' own loop runs on this process's device (every
+    # worker of multi_worker makes the same, seeded choice).
+    choice = choose_learning_rate(params, cached, len(manifest.classes), weights)
+    with strategy.scope():
+        model, backup, outputs = train_classifier(params, manifest, base, (cached, weights),
+                                                  choice["learning_rate"])
         save_model(model, params.path("transfer_model") / MODEL_FILE)
     files = {kind: params.path(f"transfer_{kind}") for kind in RESULT_FILES}
     write_json(params.path("transfer_details"), choice)
@@ -77,18 +85,24 @@ def run_transfer(params: Params) -> Path:
     return params.path("transfer_model") / MODEL_FILE
 
 
-def train_classifier(params: Params, manifest: Manifest
-                     ) -> tuple[keras.Model, EpochBackup, dict[str, np.ndarray], dict]:
-    """(classifier with its head trained, backup, its outputs on validation and test, the
-    learning-rate choice). Call inside the strategy's scope."""
+def checked_base(params: Params, manifest: Manifest) -> keras.Model:
+    """The frozen base the features came from, after checking the cache is this data's and
+    this base's. Call inside the strategy's scope."""
     base = load_model(params.path("features") / BASE_FILE)
     base.trainable = False
     check_features(params.path("features"), manifest, base, params.base, params.root)
+    return base
+
+
+def train_classifier(params: Params, manifest: Manifest, base: keras.Model,
+                     data: tuple[dict[str, tuple[ShardedArray, np.ndarray]],
+                                 dict[int, float] | None], rate: float
+                     ) -> tuple[keras.Model, EpochBackup, dict[str, np.ndarray]]:
+    """(classifier of ``base`` with its head trained at ``rate``, backup, its outputs on
+    validation and test). ``data``: the features cache by split and the class weights. Call
+    inside the strategy's scope."""
+    cached, weights = data
     num_classes = len(manifest.classes)
-    weights = class_weights(params.train, manifest)
-    cached = {split: open_features(params.path("features"), split) for split in SPLITS}
-    choice = choose_learning_rate(params, cached, num_classes, weights)
-    rate = choice["learning_rate"]
     seed_everything(params.train.seed, params.train.deterministic)  # whatever the trials drew
     layers = head_layers(num_classes, params.head.dropout)
     model = assemble_classifier(base, layers)
@@ -97,7 +111,7 @@ def train_classifier(params: Params, manifest: Manifest
     else:
         backup, outputs = train_head(params, layers, cached, num_classes, weights, rate)
     compile_model(model, num_classes, rate, params.train.label_smoothing)
-    return model, backup, outputs, choice
+    return model, backup, outputs
 
 
 def transfer_backup(params: Params, train: tf.data.Dataset) -> EpochBackup:
