@@ -19,6 +19,15 @@ from warmstart.data.records import without_autotuning
 from warmstart.modeling.array_shards import ShardedArray
 
 
+def row_order(count: int, batch_size: int, seed: int | None) -> tf.data.Dataset:
+    """Batches of row numbers: reshuffled each epoch (each iteration) when seeded, in stored
+    order otherwise."""
+    order = tf.data.Dataset.range(count)
+    if seed is not None:
+        order = order.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    return order.batch(batch_size)
+
+
 def cached_batches(arrays: list[ShardedArray], labels: np.ndarray, batch_size: int,
                    seed: int | None) -> tf.data.Dataset:
     """Batches of ((each array's rows as float32, ...), label), reshuffled each epoch when
@@ -27,9 +36,6 @@ def cached_batches(arrays: list[ShardedArray], labels: np.ndarray, batch_size: i
     if any(len(array) != count for array in arrays):
         raise ValueError(f"cached arrays of {[len(a) for a in arrays]} rows for {count} labels")
     label_values = tf.constant(labels)
-    order = tf.data.Dataset.range(count)
-    if seed is not None:
-        order = order.shuffle(count, seed=seed, reshuffle_each_iteration=True)
 
     def take(indices: np.ndarray) -> list[np.ndarray]:
         return [array.take(indices) for array in arrays]
@@ -42,5 +48,5 @@ def cached_batches(arrays: list[ShardedArray], labels: np.ndarray, batch_size: i
         return (tuple(tf.cast(value, tf.float32) for value in values),
                 tf.gather(label_values, indices))
 
-    batches = order.batch(batch_size).map(rows, num_parallel_calls=tf.data.AUTOTUNE)
+    batches = row_order(count, batch_size, seed).map(rows, num_parallel_calls=tf.data.AUTOTUNE)
     return without_autotuning(batches.prefetch(tf.data.AUTOTUNE))

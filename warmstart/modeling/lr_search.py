@@ -30,6 +30,7 @@ from tqdm import tqdm
 from warmstart.config.params import Params
 from warmstart.layout import TRAIN, VALIDATION
 from warmstart.modeling.array_shards import ShardedArray
+from warmstart.modeling.cache_dataset import row_order
 from warmstart.modeling.model import compile_model, head_layers, head_model
 from warmstart.modeling.stopping import Stopping
 from warmstart.modeling.training import seed_everything
@@ -155,19 +156,14 @@ class FusedHeads:
 
 
 class TrialBatches:
-    """A split's batches for the trials, epoch after epoch: the batches of
-    :func:`~warmstart.modeling.cache_dataset.cached_batches` with the same ``seed`` (the same
-    shuffled order of row indices each epoch, so a trial sees what ``fit`` on the stage's
-    dataset would), rows taken by Python rather than by a tf.data map (a third of the time).
-    """
+    """A split's batches for the trials, epoch after epoch: the row order of
+    :func:`~warmstart.modeling.cache_dataset.cached_batches` (so a trial sees what ``fit`` on
+    the stage's dataset would), rows taken by Python rather than by a tf.data map (a third of
+    the time)."""
 
     def __init__(self, features: ShardedArray, labels: np.ndarray, batch_size: int,
                  seed: int | None) -> None:
-        count = len(labels)
-        order = tf.data.Dataset.range(count)
-        if seed is not None:
-            order = order.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-        self.order, self.labels = order.batch(batch_size), labels
+        self.order, self.labels = row_order(len(labels), batch_size, seed), labels
         self.take = row_reader(features)
 
     def __iter__(self) -> Iterator[tuple[tf.Tensor, tf.Tensor]]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
-
 from warmstart.config.params import TrainParams
 
 
@@ -52,18 +50,3 @@ class Stopping:
         if self.patience is None or not rows:
             return False
         return int(rows[-1]["epoch"]) - int(self.best_row(rows)["epoch"]) >= self.patience
-
-
-class StopOnPlateau(keras.callbacks.Callback):
-    """:class:`Stopping` for a fit that is not backed up (a learning-rate trial): the history
-    rows it saw, and ``stop_training`` once the rule says so."""
-
-    def __init__(self, stopping: Stopping) -> None:
-        super().__init__()
-        self.stopping = stopping
-        self.rows: list[dict] = []
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.rows.append({"epoch": epoch + 1, **(logs or {})})
-        if self.stopping.should_stop(self.rows):
-            self.model.stop_training = True
