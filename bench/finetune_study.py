@@ -36,22 +36,39 @@ TRANSFER_SIDE = ("base", "head", "train", "transfer", "augment", "preprocess")
 #: Params of the features stage: a variant changing one of these gets its own caches.
 CACHE_KEYS = (("finetune", "fine_tune_at"), ("finetune", "cache_dtype"))
 TUTORIAL = {"transfer": {"learning_rate": 0.0001, "epochs": 50, "patience": None},
-            "finetune": {"learning_rate": 0.00001, "epochs": 5, "patience": None},
+            "finetune": {"learning_rate": 0.00001, "epochs": 5, "patience": None,
+                         "schedule": "constant"},
             "train": {"label_smoothing": 0.0}}
+#: The fine-tune variants of the first studies ran at a constant rate (before
+#: ``finetune.schedule``); they keep it, so each name means what its earlier rows measured.
+CONSTANT = {"schedule": "constant"}
 VARIANTS: dict[str, dict] = {
     "tutorial": TUTORIAL,
     "tutorial_schedule_early_stopping": {
         "transfer": {"learning_rate": 0.0001, "epochs": 100},
-        "finetune": {"learning_rate": 0.00001, "epochs": 20}},
+        "finetune": {"learning_rate": 0.00001, "epochs": 20, **CONSTANT}},
     "default": {},
     "no_label_smoothing": {"train": {"label_smoothing": 0.0}},
-    "ft_lr_3e-5": {"finetune": {"learning_rate": 0.00003, "epochs": 20}},
-    "ft_lr_1e-4": {"finetune": {"learning_rate": 0.0001, "epochs": 20}},
-    "ft_lr_3e-4": {"finetune": {"learning_rate": 0.0003, "epochs": 20}},
-    "ft_at_72": {"finetune": {"fine_tune_at": 72, "learning_rate": 0.0001, "epochs": 20}},
-    "ft_at_130": {"finetune": {"fine_tune_at": 130, "learning_rate": 0.0001, "epochs": 20}},
-    "ft_flip": {"finetune": {"learning_rate": 0.0001, "epochs": 10},
+    "ft_lr_3e-5": {"finetune": {"learning_rate": 0.00003, "epochs": 20, **CONSTANT}},
+    "ft_lr_1e-4": {"finetune": {"learning_rate": 0.0001, "epochs": 20, **CONSTANT}},
+    "ft_lr_3e-4": {"finetune": {"learning_rate": 0.0003, "epochs": 20, **CONSTANT}},
+    "ft_at_72": {"finetune": {"fine_tune_at": 72, "learning_rate": 0.0001, "epochs": 20,
+                              **CONSTANT}},
+    "ft_at_130": {"finetune": {"fine_tune_at": 130, "learning_rate": 0.0001, "epochs": 20,
+                               **CONSTANT}},
+    "ft_flip": {"finetune": {"learning_rate": 0.0001, "epochs": 10, **CONSTANT},
                 "augment": {"flip": "horizontal"}},
+    # The defaults until 2026-12-07 (layer 72, constant 1e-4, at most 10 epochs), and the
+    # cosine schedule (the rate falls from learning_rate to 0 over the epochs) at other lengths
+    # and rates.
+    "ft_constant_10": {"finetune": {"fine_tune_at": 72, "learning_rate": 0.0001, "epochs": 10,
+                                    **CONSTANT}},
+    "ft_cosine_4": {"finetune": {"fine_tune_at": 72, "learning_rate": 0.0001, "epochs": 4,
+                                 "schedule": "cosine"}},
+    "ft_cosine_8": {"finetune": {"fine_tune_at": 72, "learning_rate": 0.0001, "epochs": 8,
+                                 "schedule": "cosine"}},
+    "ft_cosine_5_2e-4": {"finetune": {"fine_tune_at": 72, "learning_rate": 0.0002, "epochs": 5,
+                                      "schedule": "cosine"}},
 }
 
 
@@ -137,7 +154,8 @@ def variant_folder(prepared_project: Path, name: str, params: dict) -> Path:
     for item in ("schema", "dvc.yaml"):
         link(prepared_project / item, folder / item)
     keep_cache = all(params[s][k] == base[s][k] for s, k in CACHE_KEYS)
-    shared = ["processed"] + (["features", "prefix"] if keep_cache else [])
+    # raw: evaluate's report makes thumbnails of the images it names
+    shared = ["raw", "processed"] + (["features", "prefix"] if keep_cache else [])
     for key in shared:
         link(prepared_project / base["paths"][key], folder / params["paths"][key])
     write_params(folder, params)

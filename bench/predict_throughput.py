@@ -42,8 +42,9 @@ def main() -> None:
         params = dataclasses.replace(params, paths=paths)
         started = time.perf_counter()
         results = run_export(params)
-        print(f"export stage: {time.perf_counter() - started:.1f} s, parity on "
-              f"{results['validation_images']} validation images")
+        print(f"export stage: {time.perf_counter() - started:.1f} s, parity with the predictions "
+              f"{results['reference']['model']} recorded ({results['validation_images']} "
+              "validation images)")
         print_parity(results)
         files = list_images(images)
         print(f"\npredict on {len(files)} files under {images} (batch {args.batch_size}, "
@@ -55,7 +56,7 @@ def main() -> None:
 def print_parity(results: dict) -> None:
     print(f"{'artefact':<18} {'bytes':>12} {'top-1 agreement':>16} {'max |p diff|':>13}")
     for name, entry in results["artefacts"].items():
-        agreement = entry.get("top1_agreement", "reference")
+        agreement = entry.get("top1_agreement", "")
         diff = entry.get("max_abs_diff")
         print(f"{name:<18} {entry.get('bytes', ''):>12} {agreement!s:>16} "
               f"{'' if diff is None else f'{diff:.2e}':>13}")

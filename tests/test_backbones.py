@@ -417,13 +417,13 @@ def test_stages_cache_exactly_with_another_family_and_a_named_cut(
     assert features["architecture"] == architecture
     manifest = Manifest.read(params.path("processed"))
     transfer = find_base(load_model(params.path("transfer_model") / MODEL_FILE))
-    same = FinetuneParams(fine_tune_at=100, epochs=1, learning_rate=1e-3, patience=None,
-                          cache_dtype="float32")
+    same = FinetuneParams(fine_tune_at=100, epochs=1, learning_rate=1e-3, schedule="cosine",
+                          patience=None, cache_dtype="float32")
     check_prefix(params.path("prefix"), manifest, transfer, same)
     with pytest.raises(StaleCacheError, match="fine_tune_at"):
         check_prefix(params.path("prefix"), manifest, transfer,
                      FinetuneParams(fine_tune_at=0.5, epochs=1, learning_rate=1e-3,
-                                    patience=None, cache_dtype="float32"))
+                                    schedule="cosine", patience=None, cache_dtype="float32"))
     model = load_model(params.path("finetune_model") / MODEL_FILE)
     images = next(iter(image_dataset(manifest, "validation", batch_size=1000, cache=False)))[0]
     recorded = read_predictions(params.path("finetune_predictions"))["validation"]

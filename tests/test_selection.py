@@ -14,7 +14,7 @@ from tests.helpers.caches import write_feature_split
 from tests.helpers.files import folder_bytes
 from tests.helpers.models import calibrated_base
 from tests.helpers.project import plant_features, prepare_project, read_paths, write_params
-from warmstart.config.params import Params
+from warmstart.config.params import FinetuneParams, Params
 from warmstart.data.records import Manifest
 from warmstart.inference.candidate import choose_candidate
 from warmstart.inference.recorded import read_predictions
@@ -25,6 +25,7 @@ from warmstart.modeling.feature_cache import feature_dataset, open_features
 from warmstart.modeling.model import (
     SmoothedSparseCrossentropy,
     compile_model,
+    fine_tune_rate,
     head_layers,
     head_model,
     load_model,
@@ -192,7 +193,7 @@ def test_transfer_is_the_candidate_when_finetuning_is_worse_on_validation(
     assert candidate["model"] == "transfer" and candidate["split"] == VALIDATION
     exported = run_export(worse_finetune)
     assert exported["candidate"] == "transfer"
-    assert exported["artefacts"]["recorded_predictions"]["model"] == "transfer"
+    assert exported["reference"]["model"] == "transfer"
     assert (worse_finetune.path("export_model") / MODEL_FILE).read_bytes() == \
         (worse_finetune.path("transfer_model") / MODEL_FILE).read_bytes()
     candidate, _ = judged_figures(worse_finetune.path("evaluate_details"))
@@ -261,3 +262,17 @@ def test_each_fused_trial_is_a_keras_fit_of_the_stage_head(
         assert trial["epoch"] == 6
         assert trial["val_loss"] == pytest.approx(history["val_loss"][-1], abs=2e-6)
         assert trial["val_accuracy"] == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
+
+
+@pytest.mark.parametrize(("schedule", "epochs", "expected"), [
+    ("cosine", 5, [1e-4, 0.5e-4, 0.0]),  # half a cosine: the rate at steps 0, 40 and 80 of 80
+    ("constant", 5, [1e-4, 1e-4, 1e-4]),
+    ("cosine", 0, [1e-4, 1e-4, 1e-4]),  # no epoch: nothing to schedule
+])
+def test_fine_tune_rate_follows_finetune_schedule(schedule: str, epochs: int,
+                                                  expected: list[float]) -> None:
+    finetune = FinetuneParams(fine_tune_at=72, epochs=epochs, learning_rate=1e-4,
+                              schedule=schedule, patience=3, cache_dtype="float16")
+    rate = fine_tune_rate(finetune, steps_per_epoch=16)
+    values = [float(rate(step)) if callable(rate) else rate for step in (0, 40, 80)]
+    assert values == pytest.approx(expected, rel=1e-6, abs=1e-12)  # float32 steps

@@ -94,6 +94,20 @@ def test_shuffled_order_is_seeded(trained: Params) -> None:
     assert order(1) == order(1) and order(1) != order(2)
 
 
+def test_a_fit_over_the_images_counts_one_optimizer_step_per_batch(trained: Params) -> None:
+    """Regression: the image dataset had no known length, and Keras 3.3's fit then counted
+    optimizer steps that never ran (8 for 2 epochs of 3 batches), moving a learning-rate
+    schedule (finetune.schedule cosine, on the augmented path) ahead of its epochs."""
+    manifest = Manifest.read(trained.path("processed"))
+    data = image_dataset(manifest, "train", batch_size=16, shuffle_seed=1)
+    assert int(data.cardinality()) == 3  # 36 images
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(data, epochs=2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 6
+
+
 def test_transfer_model_equals_head_on_cached_features(trained: Params) -> None:
     model = load_model(trained.path("transfer_model") / MODEL_FILE)
     manifest = Manifest.read(trained.path("processed"))

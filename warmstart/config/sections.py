@@ -380,6 +380,9 @@ class FinetuneParams:
     fine_tune_at: Annotated[int | float | str, PlainValidator(_fine_tune_at)]
     epochs: Annotated[StrictInt, Field(ge=0), Fix("Use 0 or more epochs.")]
     learning_rate: PositiveFloat
+    #: ``constant``: ``learning_rate`` every step; ``cosine``: from it down to 0 along a half
+    #: cosine over the ``epochs`` (``modeling/model.py``, :func:`fine_tune_rate`).
+    schedule: Literal["constant", "cosine"]
     patience: Patience
     cache_dtype: Literal["float16", "float32"]
 

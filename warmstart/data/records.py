@@ -55,6 +55,9 @@ def image_dataset(manifest: Manifest, split: str, batch_size: int, shuffle_seed:
 
     Pixels are cached as uint8 (a quarter of the memory of float32) and cast per batch.
     The order is deterministic: shards are read in order and shuffling uses ``shuffle_seed``.
+    The dataset knows its length (the manifest's count; shards holding another count fail when
+    read): on a dataset of unknown length Keras 3.3's ``fit`` counts optimizer steps that never
+    ran (8 for 2 epochs of 3 batches), which moves a learning-rate schedule ahead.
     """
     size = manifest.image_size
 
@@ -63,7 +66,8 @@ def image_dataset(manifest: Manifest, split: str, batch_size: int, shuffle_seed:
         pixels = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), (size, size, 3))
         return pixels, example["label"]
 
-    records = tf.data.TFRecordDataset(manifest.shard_paths(split))
+    records = tf.data.TFRecordDataset(manifest.shard_paths(split)).apply(
+        tf.data.experimental.assert_cardinality(manifest.count(split)))
     data = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache:
         data = data.cache()

@@ -17,13 +17,15 @@ from pathlib import Path
 import keras
 
 from warmstart.atomic import atomic_path
-from warmstart.config.params import BaseParams, ParamsError
+from warmstart.config.params import BaseParams, FinetuneParams, ParamsError
 from warmstart.errors import WarmstartError
 from warmstart.hashing import sha256_of
 from warmstart.modeling.backbones import BACKBONES, Backbone
 
 #: ``finetune.fine_tune_at`` as params.yaml holds it: a layer index, a layer name or a fraction.
 FineTuneAt = int | float | str
+#: What the optimizer is given: a fixed rate or a per-step schedule.
+LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +169,19 @@ def head_model(feature_dim: int, layers: list[keras.layers.Layer]) -> keras.Mode
     return keras.Model(inputs, outputs, name="head")
 
 
-def compile_model(model: keras.Model, num_classes: int, learning_rate: float,
+def fine_tune_rate(finetune: FinetuneParams, steps_per_epoch: int) -> LearningRate:
+    """``finetune.learning_rate``, constant or (``schedule: cosine``) decayed to 0 along half a
+    cosine over the stage's ``epochs x steps_per_epoch`` optimizer steps.
+
+    The optimizer counts its steps and the per-epoch backups keep its state, so a resumed run
+    continues the schedule where the crashed one stopped."""
+    if finetune.schedule == "constant" or finetune.epochs == 0:
+        return finetune.learning_rate
+    return keras.optimizers.schedules.CosineDecay(finetune.learning_rate,
+                                                  decay_steps=finetune.epochs * steps_per_epoch)
+
+
+def compile_model(model: keras.Model, num_classes: int, learning_rate: LearningRate,
                   label_smoothing: float) -> None:
     """RMSprop, as in the tutorial; loss and accuracy matching the head's activation."""
     if num_classes == 2:

@@ -14,16 +14,19 @@ The candidate is the better of the transfer and fine-tuned models on the validat
   quantised weights);
 - ``classes.json`` — class names, image size and decision threshold (``warmstart predict``).
 
-Parity: every artefact predicts the whole validation split through the loaders
-``warmstart predict`` uses, and is compared with the Keras model: top-1 agreement and the largest
-absolute probability difference. Float32 artefacts must stay within ``export.float32_tolerance``,
-the int8 model must agree on at least ``export.int8_min_agreement`` of the images. The Keras
-model read back from ``model.keras`` must also reproduce, within the float32 bound, the
-predictions its stage recorded on the validation and test splits
-(``paths.<stage>_predictions``, which `evaluate` scores and the gate judges): a save/load
-problem cannot pass unnoticed. The figures
-and each artefact's size go to ``paths.export_metrics``; a violation fails the stage and leaves
-the previous export in place.
+Parity: each artefact predicts through the loaders ``warmstart predict`` uses and is compared
+with the predictions the candidate's stage recorded (``paths.<stage>_predictions``: the trained
+model's outputs, which `evaluate` scored and the gate judges): top-1 agreement and the largest
+absolute probability difference. The SavedModel's ``serve`` runs every validation and test
+image, each TFLite model every validation image; ``model.keras`` as Keras loads it and the
+``serve_uint8`` endpoint run the first validation batch, since they compute the very graph and
+weights of ``serve`` (the SavedModel is traced from that loaded model, ``serve_uint8`` casts and
+calls ``serve``): a fault of theirs shows on any batch, and ``serve`` is checked on every image.
+So what was scored is what ships. Float32 artefacts must stay within
+``export.float32_tolerance``, the int8 model must agree on at least
+``export.int8_min_agreement`` of the images. The figures and each artefact's size go to
+``paths.export_details`` (the compared figures to ``paths.export_metrics``); a violation fails
+the stage and leaves the previous export in place.
 """
 
 from __future__ import annotations
@@ -69,9 +72,6 @@ from warmstart.modeling.model import load_model
 
 logger = logging.getLogger(__name__)
 
-RECORDED = "recorded_predictions"  # parity entry: model.keras vs its training stage's record
-
-
 class ExportParityError(WarmstartError):
     """An exported artefact does not predict what the Keras model predicts."""
 
@@ -94,8 +94,7 @@ def run_export(params: Params) -> dict:
         write_json(params.path("export_details"), results)
         write_json(params.path("export_metrics"), compared(results))
         if results["problems"]:
-            raise ExportParityError(parity_message(results["problems"],
-                                                   params.path("export_details")))
+            raise ExportParityError(parity_message(results, params.path("export_details")))
     logger.info("export: %s", {name: {k: v for k, v in art.items() if k != "file"}
                                for name, art in results["artefacts"].items()})
     return results
@@ -209,50 +208,61 @@ def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+#: Artefacts run on the first validation batch only: the graph and weights of ``serve``.
+ONE_BATCH = ("keras", "saved_model_uint8")
+#: The splits each artefact predicts (``model.keras`` and ``serve_uint8``: a batch of the first).
+CHECKED_SPLITS = {"saved_model": (VALIDATION, TEST)}
+
+
 def parity_report(folder: Path, candidate: tuple[str, keras.Model], manifest: Manifest,
                   params: Params) -> dict:
-    """Per artefact: size, and agreement / max |prob diff| with the Keras model on validation;
-    model.keras vs the predictions its stage (``candidate``: name, model) recorded on
-    validation and test."""
+    """Per artefact: size, the images it predicted per split, and its agreement / max |prob
+    diff| with the predictions ``candidate`` (its stage's name, its loaded model) recorded."""
     stage, model = candidate
     found = artefacts(folder)
     report = {name: {"file": path.name, "bytes": size_of(path)} for name, path in found.items()}
-    runners = artefact_runners(found)
-    outputs = split_outputs(manifest, VALIDATION, params, {"keras": model.predict_on_batch,
-                                                            **runners})
-    reference, threshold = outputs.pop("keras"), params.evaluate.threshold
-    for name, probabilities in outputs.items():
+    recorded = recorded_probabilities(params, stage, manifest)
+    runners = artefact_runners(found, model)
+    outputs: dict[str, dict[str, np.ndarray]] = {name: {} for name in runners}
+    for split in (VALIDATION, TEST):
+        checked = {name: run for name, run in runners.items()
+                   if split in CHECKED_SPLITS.get(name, (VALIDATION,))}
+        for name, values in split_outputs(manifest, split, params, checked).items():
+            outputs[name][split] = values
+    for name, by_split in outputs.items():
         entry = report.setdefault(name, {"file": f"{SAVED_MODEL_DIR} (serve_uint8)"})
-        entry.update(compare(reference, probabilities, threshold))
-    test = split_outputs(manifest, TEST, params, {"keras": model.predict_on_batch})["keras"]
-    report[RECORDED] = recorded_parity(params, stage, {VALIDATION: reference, TEST: test})
-    return {"validation_images": int(len(reference)), "artefacts": report,
+        ours = np.concatenate(list(by_split.values()))
+        theirs = np.concatenate([recorded[split][:len(v)] for split, v in by_split.items()])
+        entry["images"] = {split: int(len(values)) for split, values in by_split.items()}
+        entry.update(compare(theirs, ours, params.evaluate.threshold))
+    return {"reference": {"file": getattr(params.paths, f"{stage}_predictions"),
+                          "model": stage},
+            "validation_images": int(len(recorded[VALIDATION])), "artefacts": report,
             "thresholds": {"float32_tolerance": params.export.float32_tolerance,
                            "int8_min_agreement": params.export.int8_min_agreement}}
 
 
-def recorded_parity(params: Params, stage: str, reference: dict[str, np.ndarray]) -> dict:
-    """The saved model's predictions (``{split: probabilities}``) vs those ``stage`` recorded
-    for the same splits (what evaluate, the model card and the gate use)."""
+def recorded_probabilities(params: Params, stage: str, manifest: Manifest
+                           ) -> dict[str, np.ndarray]:
+    """``{split: class probabilities}`` that ``stage`` recorded for the validation and test
+    splits (what evaluate, the model card and the gate use), each split's images in order."""
     path = params.path(f"{stage}_predictions")
     recorded = read_predictions(path)
-    for split, expected in reference.items():
-        if len(recorded[split].probabilities) != len(expected):
+    for split in (VALIDATION, TEST):
+        if len(recorded[split].probabilities) != manifest.count(split):
             raise PredictionsError(f"{path} holds {len(recorded[split].probabilities)} {split} "
-                                   f"predictions, the {split} split {len(expected)} images: "
-                                   "run `dvc repro`.")
-    ours = np.concatenate(list(reference.values()))
-    theirs = np.concatenate([recorded[split].probabilities for split in reference])
-    return {"file": getattr(params.paths, f"{stage}_predictions"), "model": stage,
-            "images": {split: int(len(values)) for split, values in reference.items()},
-            **compare(ours, theirs, params.evaluate.threshold)}
+                                   f"predictions, the {split} split {manifest.count(split)} "
+                                   "images: run `dvc repro`.")
+    return {split: recorded[split].probabilities for split in (VALIDATION, TEST)}
 
 
-def artefact_runners(found: dict[str, Path]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """What ``warmstart predict`` loads for each exported artefact, and the SavedModel's
-    ``serve_uint8`` endpoint fed uint8 pixels; the SavedModel is loaded once."""
+def artefact_runners(found: dict[str, Path], model: keras.Model
+                     ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """What ``warmstart predict`` loads for each exported artefact (``model``: model.keras as
+    Keras loaded it), and the SavedModel's ``serve_uint8`` endpoint fed uint8 pixels; the
+    SavedModel is loaded once."""
     saved = SavedModelPredictor(found["saved_model"])  # keep it: it owns the variables
-    runners: dict[str, Callable] = {"saved_model": saved}
+    runners: dict[str, Callable] = {"keras": model.predict_on_batch, "saved_model": saved}
     for name in ("tflite_float32", "tflite_int8"):
         if name in found:
             runners[name] = load_predictor(found[name])
@@ -263,13 +273,16 @@ def artefact_runners(found: dict[str, Path]) -> dict[str, Callable[[np.ndarray],
 
 def split_outputs(manifest: Manifest, split: str, params: Params,
                   runners: dict[str, Callable[[np.ndarray], np.ndarray]]) -> dict[str, np.ndarray]:
-    """Every runner's class probabilities on ``split``, in one pass over its images (each batch
-    decoded once, memory bounded by one batch)."""
+    """Every runner's class probabilities on ``split`` (:data:`ONE_BATCH` runners: on its first
+    batch), in one pass over its images (each batch decoded once, memory bounded by one
+    batch)."""
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in runners}
-    for images, _ in image_dataset(manifest, split, params.train.batch_size, cache=False):
+    for index, (images, _) in enumerate(image_dataset(manifest, split, params.train.batch_size,
+                                                      cache=False)):
         pixels = images.numpy()
         for name, runner in runners.items():
-            outputs[name].append(np.asarray(runner(pixels)))
+            if index == 0 or name not in ONE_BATCH:
+                outputs[name].append(np.asarray(runner(pixels)))
     return {name: class_probabilities(np.concatenate(values)) for name, values in outputs.items()}
 
 
@@ -291,16 +304,15 @@ def parity_problems(results: dict, limits: ExportParams) -> list[str]:
                 problems.append(f"{name}: top-1 agreement {entry['top1_agreement']:.4f} < "
                                 f"export.int8_min_agreement {limits.int8_min_agreement}")
         elif entry["max_abs_diff"] > limits.float32_tolerance:
-            label = f"{name} (recorded by {entry['model']}; evaluate scored them)" \
-                if name == RECORDED else name
-            problems.append(f"{label}: max |probability difference| {entry['max_abs_diff']:.3g} "
+            problems.append(f"{name}: max |probability difference| {entry['max_abs_diff']:.3g} "
                             f"> export.float32_tolerance {limits.float32_tolerance}")
     return problems
 
 
-def parity_message(problems: list[str], metrics: Path) -> str:
-    return ("Exported models disagree with the Keras model (artefacts: on the validation "
-            "split; recorded predictions: on validation and test):\n- "
-            + "\n- ".join(problems) + f"\nThe previous export is kept; figures in {metrics}. "
-            "Set export.int8: false to skip the int8 model, or widen the bound in params.yaml "
-            "if the difference is acceptable for your use.")
+def parity_message(results: dict, metrics: Path) -> str:
+    reference = results["reference"]
+    return (f"Exported models disagree with the predictions the {reference['model']} stage "
+            f"recorded in {reference['file']} (which evaluate scored):\n- "
+            + "\n- ".join(results["problems"]) + f"\nThe previous export is kept; figures in "
+            f"{metrics}. Set export.int8: false to skip the int8 model, or widen the bound in "
+            "params.yaml if the difference is acceptable for your use.")

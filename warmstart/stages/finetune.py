@@ -3,7 +3,8 @@
 Loads ``<transfer_model>/model.keras``, makes base layers ``finetune.fine_tune_at`` and up trainable
 (BatchNorm stays in inference mode: with a few thousand images, batch statistics of 128 would
 replace ImageNet's; and Keras 3.3 would let ``fit`` override ``training=False``, see
-``modeling/model.py``), recompiles with the lower ``finetune.learning_rate`` and trains at most
+``modeling/model.py``), recompiles with the lower ``finetune.learning_rate`` (by default decayed
+to 0 along a cosine over the epochs, ``finetune.schedule``) and trains at most
 ``finetune.epochs`` more epochs, continuing the epoch count of the transfer stage, stopping early
 after ``finetune.patience`` epochs without a better ``train.monitor`` on validation (the best
 epoch's weights are kept). Whether the result beats the transfer model is decided on validation by
@@ -34,7 +35,15 @@ from warmstart.hashing import sha256_of
 from warmstart.layout import MODEL_FILE, PREFIX_INFO_FILE, SPLITS, TRAIN, VALIDATION
 from warmstart.modeling.augment import augmented_training
 from warmstart.modeling.distribute import worker_outputs
-from warmstart.modeling.model import compile_model, find_base, load_model, save_model, unfreeze_from
+from warmstart.modeling.model import (
+    LearningRate,
+    compile_model,
+    find_base,
+    fine_tune_rate,
+    load_model,
+    save_model,
+    unfreeze_from,
+)
 from warmstart.modeling.prefix_cache import check_prefix, prefix_dataset
 from warmstart.modeling.stopping import Stopping
 from warmstart.modeling.surgery import top_model
@@ -95,9 +104,16 @@ def training_setup(params: Params, model: keras.Model, manifest: Manifest
                     params.finetune.fine_tune_at, folder)
         data = {split: prefix_dataset(folder, split, batch, seed if split == TRAIN else None)
                 for split in SPLITS}
-    compile_model(training, len(manifest.classes), params.finetune.learning_rate,
+    compile_model(training, len(manifest.classes), stage_rate(params, manifest),
                   params.train.label_smoothing)
     return training, data
+
+
+def stage_rate(params: Params, manifest: Manifest) -> LearningRate:
+    """The optimizer's learning rate: ``finetune.schedule`` over the stage's epochs of
+    ``train.batch_size`` (the global batch: one optimizer step) training images each."""
+    steps_per_epoch = -(-manifest.count(TRAIN) // params.train.batch_size)
+    return fine_tune_rate(params.finetune, steps_per_epoch)
 
 
 def fit_more(params: Params, model: keras.Model, data: dict[str, tf.data.Dataset], done: int,

@@ -39,15 +39,13 @@ from pathlib import Path
 
 from warmstart.atomic import atomic_dir, write_json
 from warmstart.config.params import GateParams, Params, as_dict
-from warmstart.data.records import Manifest, image_dataset, labels_of
+from warmstart.data.manifest import Manifest
 from warmstart.errors import WarmstartError
 from warmstart.hashing import sha256_of
 from warmstart.inference.candidate import read_candidate
-from warmstart.inference.predict import read_labels
 from warmstart.inference.recorded import class_probabilities
 from warmstart.inference.scoring import classification_metrics
 from warmstart.layout import CARD_FILE, CLASSES_FILE, MODEL_FILE, PROMOTION_FILE, TEST
-from warmstart.modeling.model import load_model
 from warmstart.versions import data_version
 
 logger = logging.getLogger(__name__)
@@ -128,7 +126,14 @@ def read_promotion(folder: Path) -> dict | None:
 
 
 def promoted_accuracy(params: Params, previous: dict) -> dict:
-    """The promoted model's accuracy on this run's test split, else the recorded one."""
+    """The promoted model's accuracy on this run's test split, else the recorded one.
+
+    TensorFlow is imported here: a first promotion does without it (the import is ~4 s of a
+    stage that otherwise takes well under one)."""
+    from warmstart.data.records import image_dataset, labels_of
+    from warmstart.inference.predict import read_labels
+    from warmstart.modeling.model import load_model
+
     folder = params.path("promoted_model")
     manifest = Manifest.read(params.path("processed"))
     labels = read_labels(folder / CLASSES_FILE)

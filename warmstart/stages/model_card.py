@@ -75,7 +75,8 @@ def header(params: Params, manifest: Manifest) -> str:
         f"{base_text(params.base)} with a GlobalAveragePooling + Dropout({params.head.dropout}) "
         f"+ Dense head, trained by transfer learning ({params.transfer.epochs} epochs, frozen "
         f"base) then fine-tuning ({params.finetune.epochs} epochs, "
-        f"{cut_text(params.finetune.fine_tune_at)}).", "",
+        f"{cut_text(params.finetune.fine_tune_at)}, learning rate "
+        f"{params.finetune.learning_rate:g} {params.finetune.schedule}).", "",
         f"- Classes ({len(manifest.classes)}): {', '.join(manifest.classes)}",
         f"- Input: RGB images, decoded and resized (bilinear, antialiased) to "
         f"{manifest.image_size}x{manifest.image_size}; the model takes raw 0-255 pixels.",
@@ -194,17 +195,17 @@ def per_class_table(metrics: dict, model: str, split: str) -> str:
 def export_section(results: dict) -> str:
     if not results:
         return "## Export\n\nNo export metrics found."
-    recorded = results.get("artefacts", {}).get("recorded_predictions", {}).get("images", {})
+    reference = results.get("reference", {})
     lines = ["## Export", "",
-             f"Parity with the Keras model on {results.get('validation_images')} validation "
-             "images (`warmstart predict` loaders); recorded_predictions: `model.keras` vs the "
-             "predictions evaluate scored (" + ", ".join(f"{split} {count}" for split, count
-                                                          in recorded.items()) + " images):", "",
-             "| artefact | size (bytes) | top-1 agreement | max abs prob. diff |",
-             "|---|---|---|---|"]
+             f"Parity with the predictions the {reference.get('model')} stage recorded in "
+             f"`{reference.get('file')}` (what evaluate scored), through the `warmstart predict` "
+             "loaders:", "",
+             "| artefact | size (bytes) | images | top-1 agreement | max abs prob. diff |",
+             "|---|---|---|---|---|"]
     for name, entry in results.get("artefacts", {}).items():
-        lines.append(f"| {name} | {entry.get('bytes', '')} | "
-                     f"{fmt(entry.get('top1_agreement', 'reference'))} | "
+        images = ", ".join(f"{split} {count}" for split, count in entry.get("images", {}).items())
+        lines.append(f"| {name} | {entry.get('bytes', '')} | {images} | "
+                     f"{fmt(entry.get('top1_agreement', ''))} | "
                      f"{fmt(entry.get('max_abs_diff', ''))} |")
     return "\n".join(lines)
 
