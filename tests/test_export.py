@@ -197,7 +197,9 @@ def test_model_card_states_version_params_metrics_and_sizes(exported: Params) ->
         "split" in card
     assert f"Per class, {candidate} model, test split:" in card
     sizes = export_metrics(exported)["artefacts"]
-    assert f"| tflite_int8 | {sizes['tflite_int8']['bytes']} |" in card
+    assert f"| tflite_int8 | {sizes['tflite_int8']['bytes']} | validation 12 |" in card
+    assert f"| saved_model | {sizes['saved_model']['bytes']} | validation 12, test 12 |" in card
+    assert f"Parity with the predictions the {candidate} stage recorded in `predictions/" in card
     assert "fine_tune_at: 100" in card and "min_accuracy: null" in card
     assert "uv run --frozen dvc repro" in card
     assert "Validation findings: no validation report found" in card

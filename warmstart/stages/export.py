@@ -73,7 +73,7 @@ from warmstart.modeling.model import load_model
 logger = logging.getLogger(__name__)
 
 class ExportParityError(WarmstartError):
-    """An exported artefact does not predict what the Keras model predicts."""
+    """An exported artefact does not predict what the candidate's stage recorded."""
 
 
 def run_export(params: Params) -> dict:

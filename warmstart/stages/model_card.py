@@ -203,7 +203,8 @@ def export_section(results: dict) -> str:
              "| artefact | size (bytes) | images | top-1 agreement | max abs prob. diff |",
              "|---|---|---|---|---|"]
     for name, entry in results.get("artefacts", {}).items():
-        images = ", ".join(f"{split} {count}" for split, count in entry.get("images", {}).items())
+        counts = entry.get("images", {})
+        images = ", ".join(f"{split} {counts[split]}" for split in SPLITS if split in counts)
         lines.append(f"| {name} | {entry.get('bytes', '')} | {images} | "
                      f"{fmt(entry.get('top1_agreement', ''))} | "
                      f"{fmt(entry.get('max_abs_diff', ''))} |")
