@@ -56,8 +56,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Params:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(array_shards, "SHARD_BYTES", SMALL_SHARD_BYTES)
         # A constant rate: what these tests compare is the cached forward and backward pass,
-        # not the schedule (same per-step rates either way: tests/test_selection.py). RMSprop's
-        # first steps are about 3 x lr times the SIGN of each gradient, so float noise in
+        # not the schedule (its rates: tests/test_selection.py; logged equal in both paths).
+        # RMSprop's first steps are about 3 x lr times the SIGN of each gradient, so float noise in
         # near-zero gradients makes ~lr differences; a constant rate keeps pulling both runs'
         # weights to the same values after them, a cosine's falling one leaves them (a quarter
         # of one depthwise kernel's elements more than 1e-3 apart, at most 1.6 x lr).

@@ -53,6 +53,7 @@ from warmstart.inference.predict import (
     write_labels,
 )
 from warmstart.inference.recorded import (
+    RECORDED_SPLITS,
     PredictionsError,
     class_probabilities,
     predict_labels,
@@ -63,7 +64,6 @@ from warmstart.layout import (
     MODEL_FILE,
     SAVED_MODEL_DIR,
     SAVED_MODEL_EXTRA,
-    TEST,
     TFLITE_FLOAT32,
     TFLITE_INT8,
     VALIDATION,
@@ -211,7 +211,7 @@ def size_of(path: Path) -> int:
 #: Artefacts run on the first validation batch only: the graph and weights of ``serve``.
 ONE_BATCH = ("keras", "saved_model_uint8")
 #: The splits each artefact predicts (``model.keras`` and ``serve_uint8``: a batch of the first).
-CHECKED_SPLITS = {"saved_model": (VALIDATION, TEST)}
+CHECKED_SPLITS = {"saved_model": RECORDED_SPLITS}
 
 
 def parity_report(folder: Path, candidate: tuple[str, keras.Model], manifest: Manifest,
@@ -224,7 +224,7 @@ def parity_report(folder: Path, candidate: tuple[str, keras.Model], manifest: Ma
     recorded = recorded_probabilities(params, stage, manifest)
     runners = artefact_runners(found, model)
     outputs: dict[str, dict[str, np.ndarray]] = {name: {} for name in runners}
-    for split in (VALIDATION, TEST):
+    for split in RECORDED_SPLITS:
         checked = {name: run for name, run in runners.items()
                    if split in CHECKED_SPLITS.get(name, (VALIDATION,))}
         for name, values in split_outputs(manifest, split, params, checked).items():
@@ -248,12 +248,12 @@ def recorded_probabilities(params: Params, stage: str, manifest: Manifest
     splits (what evaluate, the model card and the gate use), each split's images in order."""
     path = params.path(f"{stage}_predictions")
     recorded = read_predictions(path)
-    for split in (VALIDATION, TEST):
+    for split in RECORDED_SPLITS:
         if len(recorded[split].probabilities) != manifest.count(split):
             raise PredictionsError(f"{path} holds {len(recorded[split].probabilities)} {split} "
                                    f"predictions, the {split} split {manifest.count(split)} "
                                    "images: run `dvc repro`.")
-    return {split: recorded[split].probabilities for split in (VALIDATION, TEST)}
+    return {split: recorded[split].probabilities for split in RECORDED_SPLITS}
 
 
 def artefact_runners(found: dict[str, Path], model: keras.Model
