@@ -264,6 +264,28 @@ def test_each_fused_trial_is_a_keras_fit_of_the_stage_head(
         assert trial["val_accuracy"] == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
 
 
+def test_trials_give_the_same_figures_whatever_their_chunks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph call runs a chunk of batches: one batch per chunk (features read from disk) and
+    the whole epoch in one chunk (from memory) train the same heads on the same batches."""
+    rng = np.random.default_rng(5)
+    folder, rates = tmp_path / "features", [1e-3, 1e-2]
+    for split, count in ((TRAIN, 70), (VALIDATION, 30)):
+        labels = rng.integers(0, 2, count)
+        write_feature_split(folder, split, rng.normal(size=(count, 4)) + labels[:, None], labels)
+    params = write_params(tmp_path, tmp_path, train={"batch_size": 16},
+                          transfer={"epochs": 5, "patience": None})
+    cached = {split: open_features(folder, split) for split in (TRAIN, VALIDATION)}
+
+    def trials() -> list[dict]:
+        return lr_search.run_trials(params, cached, (2, None), rates, Stopping("val_loss", None))
+
+    whole = trials()
+    monkeypatch.setattr(lr_search, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(lr_search, "IN_MEMORY_BYTES", 0)
+    assert trials() == whole
+
+
 @pytest.mark.parametrize(("schedule", "epochs", "expected"), [
     ("cosine", 5, [1e-4, 0.5e-4, 0.0]),  # half a cosine: the rate at steps 0, 40 and 80 of 80
     ("constant", 5, [1e-4, 1e-4, 1e-4]),

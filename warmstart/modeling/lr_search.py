@@ -11,11 +11,13 @@ trials read the training and validation features only: the test split, which the
 on, plays no part in the choice.
 
 All trials train together, on the same batches, as one Dense layer holding every rate's head
-(:class:`FusedHeads`): one step and one validation pass per batch serve every rate. Keras
-``fit`` costs about 100 ms an epoch per trial here, nearly all of it overhead, for a few ms of
-work. Each head's figures are those of a ``fit`` of the stage's head at its rate (to float
-rounding; ``tests/test_selection.py`` compares them); the stage's model still comes from its
-own ``fit`` at the chosen rate, with backups.
+(:class:`FusedHeads`): one step and one validation pass per batch serve every rate, and one
+graph call runs a whole chunk of batches (:class:`TrialChunks`: the whole epoch, up to
+:data:`CHUNK_BYTES` of features). Keras ``fit`` costs about 100 ms an epoch per trial here, nearly
+all of it overhead, for a few ms of work; with a graph call per batch, Python between the calls
+still took about half of the search. Each head's figures are those of a ``fit`` of the stage's
+head at its rate (to float rounding; ``tests/test_selection.py`` compares them); the stage's
+model still comes from its own ``fit`` at the chosen rate, with backups.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ SEARCH_SPLITS = (TRAIN, VALIDATION)
 Cached = dict[str, tuple[ShardedArray, np.ndarray]]
 
 #: A split's pooled features up to this size are read into memory once for the trials (which
-#: read them once an epoch); larger ones are read from disk batch by batch.
+#: read them once an epoch); larger ones are read from disk chunk by chunk.
 IN_MEMORY_BYTES = 2**29
+#: The features one graph call trains or scores on: whole batches, at least one.
+CHUNK_BYTES = 2**26
 
 
 def choose_learning_rate(params: Params, cached: Cached, num_classes: int,
@@ -76,15 +80,15 @@ def run_trials(params: Params, cached: Cached,
     validation figures, in the order of ``rates``."""
     heads = FusedHeads(params, cached[TRAIN][0].shape[1], classes, rates)
     batch, seed = params.train.batch_size, params.train.seed
-    train = TrialBatches(*cached[TRAIN], batch, seed)
-    validation = TrialBatches(*cached[VALIDATION], batch, None)
+    train = TrialChunks(*cached[TRAIN], batch, seed)
+    validation = TrialChunks(*cached[VALIDATION], batch, None)
     rows: list[list[dict]] = [[] for _ in rates]
     running = list(range(len(rates)))
     epochs = tqdm(range(1, params.transfer.epochs + 1), unit="epoch", leave=False,
                   disable=None, desc=f"transfer learning-rate trials {rates}")
     for epoch in epochs:
         for features, labels in train:
-            heads.step(features, labels)
+            heads.train(features, labels)
         figures = sum(heads.score(features, labels) for features, labels in validation)
         figures = figures.numpy() / len(cached[VALIDATION][1])
         for k in running:
@@ -125,51 +129,104 @@ class FusedHeads:
         self.rho, self.epsilon = float(optimizer.rho), float(optimizer.epsilon)
         self.table = None if classes[1] is None else tf.constant(
             [classes[1][c] for c in range(classes[0])], tf.float32)
-        self.step = tf.function(self._step, reduce_retracing=True)
-        self.score = tf.function(self._score, reduce_retracing=True)
+        self.batch_size = params.train.batch_size
+        spec = [tf.TensorSpec((None, feature_dim), tf.float32), tf.TensorSpec((None,), tf.int64)]
+        # Explicit while loops: AutoGraph would also convert Keras' loss code (seconds of tracing).
+        self.train = tf.function(self._train, input_signature=spec, autograph=False)
+        self.score = tf.function(self._score_all, input_signature=spec, autograph=False)
 
-    def outputs(self, features: tf.Tensor, training: bool) -> list[tf.Tensor]:
-        """Each head's outputs on ``features``."""
+    def losses(self, features: tf.Tensor, labels: tf.Tensor, training: bool
+               ) -> tuple[tf.Tensor, tf.Tensor]:
+        """(each image's loss under each head, [images, heads]; the heads' outputs, one row per
+        image and head). Every head's rows go through the head's activation and its loss's own
+        per-sample ``call`` at once: one op chain, not one per head."""
         kernel, bias = self.variables
         logits = tf.matmul(self.dropout(features, training=training), kernel) + bias
-        return [self.activation(logits[:, k * self.units:(k + 1) * self.units])
-                for k in range(self.count)]
+        # Image i's head k: row i * count + k, as the fused kernel's columns are ordered.
+        outputs = self.activation(tf.reshape(logits, (-1, self.units)))
+        truth = tf.cast(tf.repeat(labels, self.count), tf.float32)
+        return tf.reshape(self.loss.call(truth, outputs), (-1, self.count)), outputs
 
-    def _step(self, features: tf.Tensor, labels: tf.Tensor) -> None:
-        weights = None if self.table is None else tf.gather(self.table,
-                                                            tf.cast(labels, tf.int32))
+    def _step(self, features: tf.Tensor, labels: tf.Tensor) -> list[tf.Operation]:
+        """One RMSprop step of every head on the batch; the variables' updates."""
         with tf.GradientTape() as tape:
-            loss = tf.add_n([self.loss(labels, outputs, weights)
-                             for outputs in self.outputs(features, training=True)])
+            losses, _ = self.losses(features, labels, training=True)
+            if self.table is not None:  # Keras: weighted, then averaged over the batch
+                losses *= tf.gather(self.table, tf.cast(labels, tf.int32))[:, None]
+            loss = tf.reduce_sum(tf.reduce_mean(losses, axis=0))  # the sum of the heads' losses
+        updates = []
         for variable, velocity, gradient in zip(self.variables, self.velocities,
                                                 tape.gradient(loss, self.variables), strict=True):
-            velocity.assign(self.rho * velocity + (1 - self.rho) * tf.square(gradient))
-            variable.assign_sub(self.rates * gradient / tf.sqrt(velocity + self.epsilon))
+            square = velocity.assign(self.rho * velocity + (1 - self.rho) * tf.square(gradient))
+            updates.append(variable.assign_sub(self.rates * gradient / tf.sqrt(square
+                                                                               + self.epsilon)))
+        return updates
+
+    def _over_batches(self, features: tf.Tensor, labels: tf.Tensor,
+                      body: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor],
+                      total: tf.Tensor) -> tf.Tensor:
+        """``total = body(batch features, batch labels, total)`` for each batch of the chunk
+        (whole batches, the last one maybe short), in order, in one graph loop."""
+        size = tf.shape(labels, out_type=tf.int64)[0]
+
+        def step(start: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            end = start + self.batch_size
+            return end, body(features[start:end], labels[start:end], total)
+
+        return tf.while_loop(lambda start, _: start < size, step,
+                             (tf.constant(0, tf.int64), total))[1]
+
+    def _train(self, features: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """One step per batch of the chunk, in order."""
+        def body(x: tf.Tensor, y: tf.Tensor, done: tf.Tensor) -> tf.Tensor:
+            with tf.control_dependencies(self._step(x, y)):
+                return done + 1
+        return self._over_batches(features, labels, body, tf.constant(0))
+
+    def _score_all(self, features: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """:meth:`_score` summed over the chunk's batches (the order a batch loop sums in)."""
+        return self._over_batches(features, labels, lambda x, y, total: total + self._score(x, y),
+                                  tf.zeros((self.count, 2), tf.float32))
 
     def _score(self, features: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         """Per head, the batch's summed loss (unweighted, as Keras validates) and correct
         count."""
+        losses, outputs = self.losses(features, labels, training=False)
         count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return tf.stack([tf.stack([self.loss(labels, outputs) * count,
-                                   correct(labels, outputs, self.units)])
-                         for outputs in self.outputs(features, training=False)])
+        right = tf.reshape(correct(tf.repeat(labels, self.count), outputs, self.units),
+                           (-1, self.count))
+        return tf.stack([tf.reduce_mean(losses, axis=0) * count, tf.reduce_sum(right, axis=0)],
+                        axis=1)
 
 
-class TrialBatches:
-    """A split's batches for the trials, epoch after epoch: the row order of
-    :func:`~warmstart.modeling.cache_dataset.cached_batches` (so a trial sees what ``fit`` on
-    the stage's dataset would), rows taken by Python rather than by a tf.data map (a third of
-    the time)."""
+class TrialChunks:
+    """A split's rows for the trials, epoch after epoch, in chunks of whole batches: the row
+    order of :func:`~warmstart.modeling.cache_dataset.cached_batches` (so a trial sees the
+    batches ``fit`` on the stage's dataset would), rows taken by Python rather than by a tf.data
+    map (a third of the time). A chunk holds at most :data:`CHUNK_BYTES` of features (at least
+    one batch); the trials step through its batches in one graph call."""
 
     def __init__(self, features: ShardedArray, labels: np.ndarray, batch_size: int,
                  seed: int | None) -> None:
-        self.order, self.labels = row_order(len(labels), batch_size, seed), labels
-        self.take = row_reader(features)
+        rows = max(1, CHUNK_BYTES // (features.spec.row_bytes * batch_size)) * batch_size
+        self.per_epoch = -(-len(labels) // rows)
+        # The same shuffled rows (batching follows the shuffle), cut every `rows` rows; one
+        # iterator for every epoch (each repetition reshuffles, as a new iteration would).
+        self.chunks = iter(row_order(len(labels), rows, seed).repeat())
+        self.labels, self.take = labels, row_reader(features)
+        # Unshuffled, every epoch reads the same chunks: when in memory, made once.
+        self.fixed = None
+        if seed is None and self.take != features.take:
+            self.fixed = list(self)
 
     def __iter__(self) -> Iterator[tuple[tf.Tensor, tf.Tensor]]:
-        for indices in self.order:
-            rows = indices.numpy()
-            yield (tf.constant(self.take(rows), tf.float32), tf.constant(self.labels[rows]))
+        if self.fixed is not None:
+            yield from self.fixed
+            return
+        for _ in range(self.per_epoch):
+            rows = next(self.chunks).numpy()
+            yield (tf.constant(self.take(rows), tf.float32),
+                   tf.constant(self.labels[rows], tf.int64))
 
 
 def row_reader(features: ShardedArray) -> Callable[[np.ndarray], np.ndarray]:
@@ -186,8 +243,8 @@ def trial_result(rate: float, kept: dict) -> dict:
 
 
 def correct(labels: tf.Tensor, outputs: tf.Tensor, units: int) -> tf.Tensor:
-    """How many of the batch a head gets right (the stage's accuracy: sigmoid > 0.5 for two
-    classes, one unit; the arg-max otherwise)."""
+    """1 for each output row that a head gets right, else 0 (the stage's accuracy: sigmoid >
+    0.5 for two classes, one unit; the arg-max otherwise)."""
     predicted = tf.cast(outputs[:, 0] > 0.5, tf.int64) if units == 1 \
         else tf.argmax(outputs, axis=-1)
-    return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int64)), tf.float32))
+    return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int64)), tf.float32)
