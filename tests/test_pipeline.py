@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,29 @@ def test_validation_failure_stops_the_pipeline(project: Path, tmp_path: Path) ->
     assert "train/cats/bad.jpg" in output and "failed to reproduce 'validate'" in output
     assert ran_stages(output) == ["ingest", "validate"]
     assert "Traceback" not in output
+
+
+def test_a_stage_process_leaves_no_autograph_files_behind(tmp_path: Path) -> None:
+    """Regression: ``warmstart.cli.run`` ends with ``os._exit`` (no slow interpreter teardown),
+    which skipped the ``atexit`` handlers: each stage process left the
+    ``__autograph_generated_file*.py`` files AutoGraph writes to the temporary folder."""
+    scratch, script = tmp_path / "tmp", tmp_path / "stage.py"
+    scratch.mkdir()
+    script.write_text(  # AutoGraph converts from source: a file, not `python -c`
+        "import tempfile\n"
+        "from pathlib import Path\n"
+        "import tensorflow as tf\n"
+        "from warmstart import cli\n"
+        "def stage():\n"
+        "    tf.function(lambda x: x + 1 if x > 0 else x)(tf.constant(1))\n"
+        "    written = list(Path(tempfile.gettempdir()).glob('__autograph_generated_file*'))\n"
+        "    return 0 if written else 3  # the conversion wrote its file\n"
+        "cli.main = stage\n"
+        "cli.run()\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
+                          text=True, env={**command_env(), "TMPDIR": str(scratch)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in scratch.iterdir()) == []
 
 
 def test_dvc_yaml_deps_list_exactly_the_modules_each_stage_imports() -> None:
