@@ -214,10 +214,11 @@ class TrialChunks:
         # iterator for every epoch (each repetition reshuffles, as a new iteration would).
         self.chunks = iter(row_order(len(labels), rows, seed).repeat())
         self.labels, self.take = labels, row_reader(features)
-        # Unshuffled, every epoch reads the same chunks: when in memory, made once.
+        # Unshuffled, every epoch reads the same chunks: when in memory, made once (and the
+        # array they came from let go, so the split is held once).
         self.fixed = None
         if seed is None and self.take != features.take:
-            self.fixed = list(self)
+            self.fixed, self.take = list(self), features.take
 
     def __iter__(self) -> Iterator[tuple[tf.Tensor, tf.Tensor]]:
         if self.fixed is not None:
