@@ -108,7 +108,7 @@ def measured(cmd: list[str], cwd: Path, log: Path, check: bool = True) -> dict:
     end = time.perf_counter()
     if check and proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
-    ends = [t for _, t in starts[1:]] + [end][:len(starts)]
+    ends = [t for _, t in starts[1:]] + ([end] if starts else [])  # each stage's end
     return {"seconds": end - start, "peak_rss_mib": usage.ru_maxrss / 1024,
             "returncode": proc.returncode,
             "stages": {name: round(stop - begin, 1)

@@ -217,7 +217,7 @@ class TrialChunks:
         # Unshuffled, every epoch reads the same chunks: when in memory, made once (and the
         # array they came from let go, so the split is held once).
         self.fixed = None
-        if seed is None and self.take != features.take:
+        if seed is None and self.take != features.take:  # row_reader read it into memory
             self.fixed, self.take = list(self), features.take
 
     def __iter__(self) -> Iterator[tuple[tf.Tensor, tf.Tensor]]:
