@@ -43,10 +43,11 @@ from warmstart.config.params import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-STAGES = ["ingest", "validate", "preprocess", "features", "transfer", "finetune", "evaluate"]
-#: Every stage of the pipeline, in order (dvc.yaml's), and those after the training part.
+#: Every stage of the pipeline, in order (dvc.yaml's): the training part (ingest ... evaluate)
+#: and the stages after it.
 PIPELINE = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
-AFTER_EVALUATE = PIPELINE[PIPELINE.index("evaluate") + 1:]
+STAGES = PIPELINE[:PIPELINE.index("evaluate") + 1]
+AFTER_EVALUATE = PIPELINE[len(STAGES):]
 TRAINING = ["features", "transfer", "finetune"]
 
 
